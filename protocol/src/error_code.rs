@@ -1,0 +1,129 @@
+//! Stable error codes: the `code` field of every error Troupe returns.
+//!
+//! A code's string form is part of the public contract (HTTP JSON, the native
+//! protocol, the CLI's exit messages): variants may be added, never renamed.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Why a request failed, in a form clients can match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request itself is malformed (bad JSON, missing field, bad value).
+    InvalidRequest,
+    /// A workflow definition failed validation; details list every error.
+    InvalidDefinition,
+    /// The request body or a payload is larger than the configured limit.
+    PayloadTooLarge,
+    /// No definition with that name (and version).
+    DefinitionNotFound,
+    /// No workflow instance with that id.
+    WorkflowNotFound,
+    /// No task with that token, or the lease is gone.
+    TaskNotFound,
+    /// No incident with that id.
+    IncidentNotFound,
+    /// A definition with that name and version already exists with other content.
+    DefinitionConflict,
+    /// An instance with that id exists with another definition or input.
+    WorkflowConflict,
+    /// The operation does not apply to the instance in its current state.
+    InvalidState,
+    /// The node is over its limits; retry after the advertised delay.
+    Overloaded,
+    /// The node cannot serve right now (starting, draining, no quorum).
+    Unavailable,
+    /// An unexpected failure inside the node.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and exhaustive tests.
+    pub const ALL: [ErrorCode; 13] = [
+        Self::InvalidRequest,
+        Self::InvalidDefinition,
+        Self::PayloadTooLarge,
+        Self::DefinitionNotFound,
+        Self::WorkflowNotFound,
+        Self::TaskNotFound,
+        Self::IncidentNotFound,
+        Self::DefinitionConflict,
+        Self::WorkflowConflict,
+        Self::InvalidState,
+        Self::Overloaded,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    /// The stable string form, as it appears on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidDefinition => "invalid_definition",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::DefinitionNotFound => "definition_not_found",
+            Self::WorkflowNotFound => "workflow_not_found",
+            Self::TaskNotFound => "task_not_found",
+            Self::IncidentNotFound => "incident_not_found",
+            Self::DefinitionConflict => "definition_conflict",
+            Self::WorkflowConflict => "workflow_conflict",
+            Self::InvalidState => "invalid_state",
+            Self::Overloaded => "overloaded",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status that carries this code.
+    pub const fn http_status(self) -> u16 {
+        match self {
+            Self::InvalidRequest | Self::InvalidDefinition => 400,
+            Self::DefinitionNotFound
+            | Self::WorkflowNotFound
+            | Self::TaskNotFound
+            | Self::IncidentNotFound => 404,
+            Self::DefinitionConflict | Self::WorkflowConflict | Self::InvalidState => 409,
+            Self::PayloadTooLarge => 413,
+            Self::Overloaded => 429,
+            Self::Unavailable => 503,
+            Self::Internal => 500,
+        }
+    }
+
+    /// Whether sending the same request again later can succeed.
+    pub const fn is_retryable(self) -> bool {
+        matches!(self, Self::Overloaded | Self::Unavailable)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_form_matches_serde_and_is_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert!(seen.insert(code.as_str()), "duplicate {code}");
+            assert!((400..600).contains(&code.http_status()));
+        }
+    }
+
+    #[test]
+    fn only_capacity_errors_are_retryable() {
+        let retryable: Vec<_> = ErrorCode::ALL
+            .into_iter()
+            .filter(|c| c.is_retryable())
+            .collect();
+        assert_eq!(retryable, [ErrorCode::Overloaded, ErrorCode::Unavailable]);
+    }
+}
