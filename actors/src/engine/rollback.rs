@@ -112,15 +112,17 @@ impl Machine<'_> {
         if rollback.current.is_some() {
             return;
         }
-        if let Some(path) = self.inst.completions.pop() {
-            self.start_compensation(&path);
-            return;
-        }
+        // Work still out in the world may yet complete; its compensation must
+        // come first, so nothing is compensated until everything settled.
         let in_flight = self.inst.steps.values().any(|r| {
             r.task.as_ref().is_some_and(|t| t.phase.in_flight())
                 || (r.status == StepStatus::Running && matches!(r.detail, RunDetail::Child { .. }))
         });
         if in_flight {
+            return;
+        }
+        if let Some(path) = self.inst.completions.pop() {
+            self.start_compensation(&path);
             return;
         }
         let status = match rollback.cause {
