@@ -43,6 +43,8 @@ pub struct Sim {
     pub children: BTreeMap<String, String>,
     /// Incidents open.
     pub incidents: Vec<String>,
+    /// Await subscriptions: (name, correlation).
+    pub subscriptions: Vec<(String, Option<String>)>,
     /// Compensable completions not yet compensated, in completion order.
     pub comp_stack: Vec<String>,
     /// Order in which compensations were dispatched (first attempts).
@@ -67,6 +69,7 @@ impl Sim {
             humans: BTreeMap::new(),
             children: BTreeMap::new(),
             incidents: Vec::new(),
+            subscriptions: Vec::new(),
             comp_stack: Vec::new(),
             compensated_order: Vec::new(),
             log: Vec::new(),
@@ -118,6 +121,7 @@ impl Sim {
             })
             .collect();
         for t in noops {
+            self.tasks.remove(&t.path);
             self.apply(EventKind::TaskCompleted {
                 path: t.path,
                 attempt: t.attempt,
@@ -187,7 +191,19 @@ impl Sim {
                 assert!(self.finished.is_none(), "finished twice");
                 self.finished = Some(*status);
             }
-            Effect::CancelChild { .. } | Effect::Subscribe { .. } | Effect::Unsubscribe { .. } => {}
+            Effect::Subscribe { name, correlation } => {
+                self.subscriptions.push((name.clone(), correlation.clone()))
+            }
+            Effect::Unsubscribe { name, correlation } => {
+                if let Some(i) = self
+                    .subscriptions
+                    .iter()
+                    .position(|s| s.0 == *name && s.1 == *correlation)
+                {
+                    self.subscriptions.remove(i);
+                }
+            }
+            Effect::CancelChild { .. } => {}
         }
     }
 
