@@ -171,7 +171,7 @@ fn choose(sim: &mut Sim, byte: u8) -> Option<EventKind> {
         240..252 => 2,
         _ => 3,
     };
-    if wanted == 1 && byte % 2 == 0 && !sim.timers.is_empty() {
+    if wanted == 1 && byte.is_multiple_of(2) && !sim.timers.is_empty() {
         sim.fire_next_timer();
         return None;
     }

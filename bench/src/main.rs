@@ -1,1 +1,2 @@
+//! `troupe-bench`: load generator and report writer (grows with the node).
 fn main() {}

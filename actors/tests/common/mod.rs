@@ -103,6 +103,24 @@ impl Sim {
         for effect in &outcome.effects {
             self.track(effect);
         }
+        // Attempts the engine no longer waits for (timed out) are gone.
+        let inst = &self.inst;
+        self.tasks.retain(|path, t| {
+            let (step, compensation) = match path.strip_suffix("/compensate") {
+                Some(step) => (step, true),
+                None => (path.as_str(), false),
+            };
+            inst.steps.get(step).is_some_and(|r| {
+                let progress = if compensation {
+                    &r.compensation
+                } else {
+                    &r.task
+                };
+                progress
+                    .as_ref()
+                    .is_some_and(|p| p.attempt == t.attempt && p.phase.in_flight())
+            })
+        });
         if outcome.ignored.is_none() {
             let replayed = replay(&self.def, &self.events);
             assert_eq!(
@@ -248,21 +266,6 @@ impl Sim {
             .min_by_key(|(t, at)| (**at, (*t).clone()))
             .map(|(t, a)| (t.clone(), *a))?;
         self.now = self.now.max(at);
-        if timer.kind != TimerKind::Retry && timer.kind != TimerKind::Wait {
-            // A timeout ends the attempt it belongs to.
-            if matches!(
-                timer.kind,
-                TimerKind::StartToClose | TimerKind::ScheduleToStart | TimerKind::Heartbeat
-            ) {
-                if self
-                    .tasks
-                    .get(&timer.path)
-                    .is_some_and(|t| t.attempt == timer.attempt)
-                {
-                    self.tasks.remove(&timer.path);
-                }
-            }
-        }
         let outcome = self.apply(EventKind::TimerFired {
             timer: timer.clone(),
         });
@@ -283,12 +286,6 @@ impl Sim {
                 )
             });
         self.now = self.now.max(at);
-        if matches!(
-            kind,
-            TimerKind::StartToClose | TimerKind::ScheduleToStart | TimerKind::Heartbeat
-        ) {
-            self.tasks.remove(path);
-        }
         self.apply(EventKind::TimerFired { timer })
     }
 
