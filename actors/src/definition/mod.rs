@@ -62,9 +62,7 @@ pub fn load(text: &str) -> Result<Definition, Vec<Issue>> {
 pub fn load_value(doc: &Json) -> Result<Definition, Vec<Issue>> {
     let mut issues = fields::Issues::default();
     let definition = parse::definition(doc, &mut issues);
-    if let Some(definition) = &definition {
-        validate::check(definition, &mut issues);
-    }
+    validate::check(doc, &mut issues);
     match definition {
         Some(d) if issues.0.is_empty() => Ok(d),
         _ => {

@@ -1,7 +1,11 @@
 //! Whole-definition checks that need more than one step in view.
+//!
+//! They walk the raw document rather than the lowered model, so that they
+//! still report (for example) a duplicate id next to a step that failed to
+//! parse: validation returns every error at once.
 
 use super::fields::Issues;
-use super::model::{Definition, Step, StepKind};
+use serde_json::Value as Json;
 use std::collections::HashMap;
 
 /// Most steps a definition may hold, nested ones included.
@@ -10,13 +14,16 @@ pub const MAX_STEPS: usize = 1000;
 pub const MAX_DEPTH: usize = 16;
 
 /// Checks unique ids, limits and placement rules, reporting with `steps[..]` paths.
-pub fn check(definition: &Definition, issues: &mut Issues) {
+pub fn check(doc: &Json, issues: &mut Issues) {
+    let Some(steps) = doc.get("steps") else {
+        return;
+    };
     let mut walk = Walk {
         ids: HashMap::new(),
         count: 0,
         issues,
     };
-    walk.list(&definition.steps, "steps", 1, false);
+    walk.list(steps, "steps", 1, false);
     if walk.count > MAX_STEPS {
         walk.issues.push(
             "steps",
@@ -32,7 +39,8 @@ struct Walk<'a, 'i> {
 }
 
 impl<'a> Walk<'a, '_> {
-    fn list(&mut self, steps: &'a [Step], path: &str, depth: usize, in_concurrent: bool) {
+    fn list(&mut self, steps: &'a Json, path: &str, depth: usize, in_concurrent: bool) {
+        let Json::Array(steps) = steps else { return };
         if depth > MAX_DEPTH {
             self.issues
                 .push(path, format!("nesting is deeper than {MAX_DEPTH} levels"));
@@ -43,83 +51,55 @@ impl<'a> Walk<'a, '_> {
         }
     }
 
-    fn step(&mut self, step: &'a Step, path: &str, depth: usize, in_concurrent: bool) {
+    fn step(&mut self, step: &'a Json, path: &str, depth: usize, in_concurrent: bool) {
+        let Json::Object(fields) = step else { return };
         self.count += 1;
-        if let Some(first) = self.ids.get(step.id.as_str()) {
-            self.issues.push(
-                &format!("{path}.id"),
-                format!("duplicate step id {:?} (first at {first})", step.id),
-            );
-        } else {
-            self.ids.insert(&step.id, path.to_owned());
+        if let Some(Json::String(id)) = fields.get("id") {
+            match self.ids.get(id.as_str()) {
+                Some(first) => self.issues.push(
+                    &format!("{path}.id"),
+                    format!("duplicate step id {id:?} (first at {first})"),
+                ),
+                None => {
+                    self.ids.insert(id, path.to_owned());
+                }
+            }
         }
-        if in_concurrent && matches!(step.kind, StepKind::Succeed(_)) {
+        if in_concurrent && fields.contains_key("succeed") {
             self.issues.push(
                 &format!("{path}.succeed"),
                 "is not allowed inside parallel or foreach",
             );
         }
-        match &step.kind {
-            StepKind::Parallel(branches) => {
-                for (b, branch) in branches.iter().enumerate() {
-                    self.list(branch, &format!("{path}.parallel[{b}]"), depth + 1, true);
-                }
+        let nested = depth + 1;
+        if let Some(Json::Array(branches)) = fields.get("parallel") {
+            for (b, branch) in branches.iter().enumerate() {
+                self.list(branch, &format!("{path}.parallel[{b}]"), nested, true);
             }
-            StepKind::Choice(choice) => {
-                for (b, branch) in choice.branches.iter().enumerate() {
-                    self.list(
-                        &branch.steps,
-                        &format!("{path}.choice[{b}].steps"),
-                        depth + 1,
-                        in_concurrent,
-                    );
-                }
-                if let Some(otherwise) = &choice.otherwise {
-                    let b = choice.branches.len();
-                    self.list(
-                        otherwise,
-                        &format!("{path}.choice[{b}].otherwise"),
-                        depth + 1,
-                        in_concurrent,
-                    );
-                }
-            }
-            StepKind::Foreach(each) => {
-                self.list(&each.steps, &format!("{path}.steps"), depth + 1, true)
-            }
-            StepKind::Human(h) => self.timeout_steps(&h.on_timeout, path, depth, in_concurrent),
-            StepKind::Await(a) => self.timeout_steps(&a.on_timeout, path, depth, in_concurrent),
-            StepKind::Task(_)
-            | StepKind::Wait(_)
-            | StepKind::Workflow(_)
-            | StepKind::Set(_)
-            | StepKind::Fail(_)
-            | StepKind::Succeed(_) => {}
         }
-        if let Some(fallback) = &step.on_failure {
-            self.list(
-                fallback,
-                &format!("{path}.on_failure"),
-                depth + 1,
-                in_concurrent,
-            );
+        if let Some(Json::Array(branches)) = fields.get("choice") {
+            for (b, branch) in branches.iter().enumerate() {
+                for key in ["steps", "otherwise"] {
+                    if let Some(list) = branch.get(key) {
+                        self.list(
+                            list,
+                            &format!("{path}.choice[{b}].{key}"),
+                            nested,
+                            in_concurrent,
+                        );
+                    }
+                }
+            }
         }
-    }
-
-    fn timeout_steps(
-        &mut self,
-        action: &'a super::model::TimeoutAction,
-        path: &str,
-        depth: usize,
-        in_concurrent: bool,
-    ) {
-        if let super::model::TimeoutAction::Steps(steps) = action {
-            self.list(
-                steps,
-                &format!("{path}.on_timeout"),
-                depth + 1,
-                in_concurrent,
-            );
+        if fields.contains_key("foreach")
+            && let Some(body) = fields.get("steps")
+        {
+            self.list(body, &format!("{path}.steps"), nested, true);
+        }
+        for key in ["on_failure", "on_timeout"] {
+            if let Some(list) = fields.get(key) {
+                self.list(list, &format!("{path}.{key}"), nested, in_concurrent);
+            }
         }
     }
 }

@@ -1,0 +1,43 @@
+# Troupe: the two commands a newcomer needs are `make run` and `make test`.
+# Both install what a fresh Debian machine lacks (a C toolchain and libclang
+# for the rocksdb crate); Rust itself comes from rustup.
+
+CARGO ?= cargo
+SHELL := /bin/bash
+
+.PHONY: run test deps build lint unit clean
+
+## run: build the CLI and run every example workflow through the engine
+run: deps
+	$(CARGO) build --release -p troupe-client
+	@bash scripts/run-examples.sh target/release/troupe
+
+## test: format and lint checks, then the whole test suite
+test: deps lint unit
+
+deps:
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)"; exit 1; }
+	@missing=""; \
+	for pkg in libclang-dev clang build-essential; do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(CARGO) build --workspace --all-targets
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+	  $(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+clean:
+	$(CARGO) clean
