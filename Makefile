@@ -5,14 +5,19 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: run test deps build lint unit clean
+.PHONY: run simulate test deps build fmt lint unit clean
 
-## run: build the CLI and run every example workflow through the engine
+## run: start a local node with the examples deployed and print where to look
 run: deps
-	$(CARGO) build --release -p troupe-client
-	@bash scripts/run-examples.sh target/release/troupe
+	$(CARGO) build --release -p troupe-node -p troupe-client
+	@bash scripts/run-node.sh
 
-## test: format and lint checks, then the whole test suite
+## simulate: dry-run every example through the engine, printing the timelines
+simulate: deps
+	$(CARGO) build --release -p troupe-client
+	@bash scripts/run-examples.sh $${CARGO_TARGET_DIR:-target}/release/troupe
+
+## test: fmt and clippy checks, then the whole test suite
 test: deps lint unit
 
 deps:
@@ -28,8 +33,11 @@ deps:
 build: deps
 	$(CARGO) build --workspace --all-targets
 
-lint:
+fmt:
 	$(CARGO) fmt --all --check
+
+## lint: fmt and clippy with warnings as errors
+lint: fmt
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit:

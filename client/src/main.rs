@@ -1,9 +1,11 @@
 //! `troupe`: the command-line interface.
 //!
 //! Offline commands: `troupe validate FILE...` checks definitions, and
-//! `troupe simulate FILE` dry-runs one through the engine. The commands that
-//! talk to a node arrive with the node's API.
+//! `troupe simulate FILE` dry-runs one through the engine. The others talk to
+//! a node (`--addr` or `TROUPE_ADDR`) over its HTTP API; `--json` prints the
+//! raw answers for scripts.
 
+mod remote;
 mod simulate;
 
 use anyhow::Context;
@@ -16,6 +18,17 @@ use troupe_actors::definition::{self, Definition};
 #[derive(Parser)]
 #[command(name = "troupe", version, about = "Troupe workflow orchestration CLI")]
 struct Cli {
+    /// Node to talk to (`host:port` or URL).
+    #[arg(
+        long,
+        global = true,
+        env = "TROUPE_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    addr: String,
+    /// Print raw JSON answers.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,9 +40,6 @@ enum Command {
         /// Definition files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Print a JSON report instead of text.
-        #[arg(long)]
-        json: bool,
     },
     /// Dry-run a definition through the engine with a simulated world.
     ///
@@ -54,13 +64,113 @@ enum Command {
         #[arg(long)]
         cancel_after: Option<usize>,
     },
+    /// Deploy a definition file to the node.
+    Deploy {
+        /// Definition file (YAML or JSON).
+        file: PathBuf,
+    },
+    /// Start a workflow instance (idempotent with --id).
+    Start {
+        /// Definition name.
+        definition: String,
+        /// Instance id; generated when absent.
+        #[arg(long)]
+        id: Option<String>,
+        /// Definition version; the latest when absent.
+        #[arg(long)]
+        version: Option<u32>,
+        /// Input: JSON, or `@file`.
+        #[arg(long, default_value = "{}")]
+        input: String,
+    },
+    /// Send a signal to an instance.
+    Signal {
+        /// Instance id.
+        id: String,
+        /// Signal name.
+        name: String,
+        /// Payload: JSON, or `@file`.
+        #[arg(long, default_value = "null")]
+        payload: String,
+        /// Deduplication id.
+        #[arg(long)]
+        signal_id: Option<String>,
+    },
+    /// Show an instance, its steps and its history.
+    Show {
+        /// Instance id.
+        id: String,
+    },
+    /// List instances.
+    List {
+        /// Only this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this definition.
+        #[arg(long)]
+        definition: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Continue from a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Cancel an instance (rolling back completed steps).
+    Cancel {
+        /// Instance id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// List incidents, or retry / resolve one.
+    Incidents {
+        #[command(subcommand)]
+        action: Option<IncidentAction>,
+    },
+    /// List human tasks, or complete one.
+    HumanTasks {
+        /// Only tasks for this assignee.
+        #[arg(long)]
+        assignee: Option<String>,
+        #[command(subcommand)]
+        action: Option<HumanAction>,
+    },
+    /// Show the cluster's nodes.
+    Cluster,
+}
+
+#[derive(Subcommand)]
+enum IncidentAction {
+    /// Retry the failed compensation.
+    Retry {
+        /// Incident id.
+        id: String,
+    },
+    /// Mark the failed compensation as done by hand and continue the rollback.
+    Resolve {
+        /// Incident id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum HumanAction {
+    /// Complete a human task with a decision.
+    Complete {
+        /// Human task id.
+        id: String,
+        /// Decision: JSON, or `@file`.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+    },
 }
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
-        Command::Validate { files, json } => {
-            validate(&files, json).map(|ok| if ok { 0 } else { 1 })
-        }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate { files } => validate(&files, cli.json).map(|ok| if ok { 0 } else { 1 }),
         Command::Simulate {
             file,
             input,
@@ -68,12 +178,75 @@ fn main() -> ExitCode {
             failures,
             cancel_after,
         } => simulate_file(&file, &input, &responses, &failures, cancel_after),
+        remote => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            runtime
+                .block_on(run_remote(remote::Remote::new(&cli.addr, cli.json), remote))
+                .map(|()| 0)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+async fn run_remote(node: remote::Remote, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Deploy { file } => {
+            node.deploy(
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?,
+            )
+            .await
+        }
+        Command::Start {
+            definition,
+            id,
+            version,
+            input,
+        } => {
+            node.start(&definition, version, id, simulate::read_input(&input)?)
+                .await
+        }
+        Command::Signal {
+            id,
+            name,
+            payload,
+            signal_id,
+        } => {
+            node.signal(&id, &name, signal_id, simulate::read_input(&payload)?)
+                .await
+        }
+        Command::Show { id } => node.show(&id).await,
+        Command::List {
+            status,
+            definition,
+            limit,
+            cursor,
+        } => node.list(status, definition, limit, cursor).await,
+        Command::Cancel { id, reason } => node.cancel(&id, reason).await,
+        Command::Incidents { action } => match &action {
+            Some(IncidentAction::Retry { id }) => node.incidents(Some(("retry", id))).await,
+            Some(IncidentAction::Resolve { id }) => node.incidents(Some(("resolve", id))).await,
+            None => node.incidents(None).await,
+        },
+        Command::HumanTasks { assignee, action } => match action {
+            Some(HumanAction::Complete { id, payload }) => {
+                node.human_tasks(None, Some((&id, simulate::read_input(&payload)?)))
+                    .await
+            }
+            None => node.human_tasks(assignee, None).await,
+        },
+        Command::Cluster => node.cluster().await,
+        Command::Validate { .. } | Command::Simulate { .. } => {
+            unreachable!("offline commands are handled in main")
         }
     }
 }

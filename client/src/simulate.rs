@@ -240,11 +240,11 @@ pub fn exit_code(status: InstanceStatus) -> u8 {
     }
 }
 
-/// Reads `--input`: inline JSON or `@file`.
+/// Reads a JSON argument: inline JSON or `@file`.
 pub fn read_input(arg: &str) -> anyhow::Result<Json> {
     let text = match arg.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
         None => arg.to_owned(),
     };
-    serde_json::from_str(&text).context("--input is not valid JSON")
+    serde_json::from_str(&text).with_context(|| format!("not valid JSON: {arg}"))
 }

@@ -25,13 +25,13 @@ fn validate_accepts_every_example_with_a_summary() {
             .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
             .map(|p| format!("examples/{}", p.file_name().unwrap().to_string_lossy()))
             .collect();
-    assert_eq!(examples.len(), 5);
+    assert_eq!(examples.len(), 6);
     let args: Vec<&str> = std::iter::once("validate")
         .chain(examples.iter().map(String::as_str))
         .collect();
     let (code, stdout, _) = troupe(&args);
     assert_eq!(code, 0, "{stdout}");
-    assert_eq!(stdout.lines().count(), 5);
+    assert_eq!(stdout.lines().count(), 6);
     assert!(stdout.contains("examples/order-fulfillment.yaml: ok: order-fulfillment v1: 6 steps (1 parallel, 5 task)"), "{stdout}");
 }
 

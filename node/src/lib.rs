@@ -1,1 +1,115 @@
-//! placeholder
+//! The Troupe node: configuration, RocksDB storage, the actors that run
+//! instances, and the HTTP listener.
+//!
+//! [`Node::start`] brings a node up from a [`Config`] (tests call it
+//! in-process; `troupe-node` calls it from `main`). The engine itself lives in
+//! `troupe-actors` and is pure; this crate journals its events and carries out
+//! its effects.
+
+pub mod api;
+pub mod codec;
+pub mod config;
+mod duration_serde;
+pub mod http;
+pub mod metrics;
+pub mod runtime;
+pub mod store;
+
+pub use config::{Config, Overrides};
+pub use runtime::{TaskError, TaskHandlers, TaskRequest};
+
+use anyhow::Context;
+use runtime::{Runtime, Settings};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use store::{Committer, Store};
+use tokio::sync::oneshot;
+
+/// A running node.
+pub struct Node {
+    runtime: Runtime,
+    http_addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts a node with only the builtin task types.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        Self::start_with(config, TaskHandlers::default()).await
+    }
+
+    /// Starts a node that also runs `handlers` in-process.
+    pub async fn start_with(config: Config, handlers: TaskHandlers) -> anyhow::Result<Self> {
+        config.validate()?;
+        let metrics = metrics::install();
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let store = Store::open(&config.data_dir, config.shards)?;
+        let committer =
+            Committer::start(store.clone(), config.storage.sync, config.storage.max_batch);
+        let settings = Settings {
+            shards: config.shards,
+            passivate_after: config.engine.passivate_after,
+            restart_budget: config.engine.restart_budget,
+            restart_window: config.engine.restart_window,
+        };
+        let runtime = Runtime::start(store, committer, settings, handlers).await?;
+        for file in &config.deploy {
+            let source = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            api::deploy(&runtime, &source).map_err(|e| {
+                anyhow::anyhow!("deploying {}: {} {}", file.display(), e.message, e.details)
+            })?;
+        }
+        let ready = Arc::new(AtomicBool::new(false));
+        let state = http::AppState {
+            runtime: runtime.clone(),
+            metrics,
+            ready: ready.clone(),
+            node_id: config.node_id,
+        };
+        let listener = tokio::net::TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding {}", config.http_addr))?;
+        let http_addr = listener.local_addr()?;
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let app = http::router(state, config.limits.max_body_bytes);
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = stop.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "http listener failed");
+            }
+        });
+        ready.store(true, Ordering::Release);
+        tracing::info!(node_id = config.node_id, %http_addr, shards = config.shards, "node started");
+        Ok(Self {
+            runtime,
+            http_addr,
+            shutdown: Some(shutdown),
+            server,
+        })
+    }
+
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The engine, for embedding programs.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Stops listening and stops the actors.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.shutdown.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.server).await;
+        self.runtime.stop();
+    }
+}

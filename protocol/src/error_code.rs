@@ -16,6 +16,8 @@ pub enum ErrorCode {
     InvalidDefinition,
     /// The request body or a payload is larger than the configured limit.
     PayloadTooLarge,
+    /// No such route or resource.
+    NotFound,
     /// No definition with that name (and version).
     DefinitionNotFound,
     /// No workflow instance with that id.
@@ -40,10 +42,11 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         Self::InvalidRequest,
         Self::InvalidDefinition,
         Self::PayloadTooLarge,
+        Self::NotFound,
         Self::DefinitionNotFound,
         Self::WorkflowNotFound,
         Self::TaskNotFound,
@@ -62,6 +65,7 @@ impl ErrorCode {
             Self::InvalidRequest => "invalid_request",
             Self::InvalidDefinition => "invalid_definition",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::NotFound => "not_found",
             Self::DefinitionNotFound => "definition_not_found",
             Self::WorkflowNotFound => "workflow_not_found",
             Self::TaskNotFound => "task_not_found",
@@ -79,7 +83,8 @@ impl ErrorCode {
     pub const fn http_status(self) -> u16 {
         match self {
             Self::InvalidRequest | Self::InvalidDefinition => 400,
-            Self::DefinitionNotFound
+            Self::NotFound
+            | Self::DefinitionNotFound
             | Self::WorkflowNotFound
             | Self::TaskNotFound
             | Self::IncidentNotFound => 404,

@@ -1,0 +1,288 @@
+//! The HTTP/JSON listener (axum): routes of brief §4 over [`crate::api`].
+
+use crate::api::{self, ApiError};
+use crate::runtime::Runtime;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use troupe_protocol::ErrorCode;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The engine.
+    pub runtime: Runtime,
+    /// Prometheus exporter.
+    pub metrics: PrometheusHandle,
+    /// Set once recovery is done and the node serves.
+    pub ready: Arc<AtomicBool>,
+    /// Node id, for `/v1/cluster`.
+    pub node_id: u64,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body =
+            json!({ "code": self.code.as_str(), "message": self.message, "details": self.details });
+        let mut response = (status, Json(body)).into_response();
+        if self.code.is_retryable() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+type Reply = Result<Response, ApiError>;
+
+fn ok(status: StatusCode, body: Value) -> Reply {
+    Ok((status, Json(body)).into_response())
+}
+
+/// A request body within the size limit.
+fn body(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    bytes.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "request body is larger than the node's limit",
+            )
+        } else {
+            ApiError::new(ErrorCode::InvalidRequest, rejection.body_text())
+        }
+    })
+}
+
+/// A JSON body of type `T` (an empty body reads as `{}`).
+fn json_body<T: DeserializeOwned>(bytes: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body(bytes)?;
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("invalid JSON body: {e}")))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))
+}
+
+/// Builds the router.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/definitions", put(deploy).get(definitions))
+        .route("/v1/definitions/{name}", get(definition_versions))
+        .route("/v1/definitions/{name}/{version}", get(definition_version))
+        .route("/v1/workflows", post(start).get(list))
+        .route("/v1/workflows/{id}", get(workflow))
+        .route("/v1/workflows/{id}/history", get(history))
+        .route("/v1/workflows/{id}/signals/{name}", post(signal))
+        .route("/v1/workflows/{id}/cancel", post(cancel))
+        .route("/v1/events/{name}", post(publish))
+        .route("/v1/human-tasks", get(human_tasks))
+        .route("/v1/human-tasks/{id}/complete", post(complete_human_task))
+        .route("/v1/incidents", get(incidents))
+        .route("/v1/incidents/{id}/retry", post(retry_incident))
+        .route("/v1/incidents/{id}/resolve", post(resolve_incident))
+        .route("/v1/cluster", get(cluster))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn deploy(State(s): State<AppState>, bytes: Result<Bytes, BytesRejection>) -> Reply {
+    let bytes = body(bytes)?;
+    let source = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "body is not UTF-8"))?;
+    let (created, record) = api::deploy(&s.runtime, source)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    ok(status, api::definition_summary(&record))
+}
+
+async fn definitions(State(s): State<AppState>) -> Reply {
+    ok(StatusCode::OK, api::definitions(&s.runtime)?)
+}
+
+async fn definition_versions(State(s): State<AppState>, Path(name): Path<String>) -> Reply {
+    ok(StatusCode::OK, api::definition(&s.runtime, &name, None)?)
+}
+
+async fn definition_version(
+    State(s): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Reply {
+    let version = version
+        .parse()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "version must be a whole number"))?;
+    ok(
+        StatusCode::OK,
+        api::definition(&s.runtime, &name, Some(version))?,
+    )
+}
+
+async fn start(State(s): State<AppState>, bytes: Result<Bytes, BytesRejection>) -> Reply {
+    let (created, view) = api::start(&s.runtime, json_body(bytes)?).await?;
+    ok(
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        view,
+    )
+}
+
+async fn list(
+    State(s): State<AppState>,
+    q: Result<Query<api::ListQuery>, QueryRejection>,
+) -> Reply {
+    ok(StatusCode::OK, api::list(&s.runtime, query(q)?)?)
+}
+
+async fn workflow(State(s): State<AppState>, Path(id): Path<String>) -> Reply {
+    ok(StatusCode::OK, api::workflow(&s.runtime, &id)?)
+}
+
+async fn history(State(s): State<AppState>, Path(id): Path<String>) -> Reply {
+    ok(StatusCode::OK, api::history(&s.runtime, &id)?)
+}
+
+async fn signal(
+    State(s): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Reply {
+    ok(
+        StatusCode::ACCEPTED,
+        api::signal(&s.runtime, &id, &name, json_body(bytes)?).await?,
+    )
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+async fn cancel(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let body: CancelBody = json_body(bytes)?;
+    ok(
+        StatusCode::OK,
+        api::cancel(&s.runtime, &id, body.reason).await?,
+    )
+}
+
+async fn publish(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Reply {
+    ok(
+        StatusCode::ACCEPTED,
+        api::publish(&s.runtime, &name, json_body(bytes)?).await?,
+    )
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssigneeQuery {
+    assignee: Option<String>,
+}
+
+async fn human_tasks(
+    State(s): State<AppState>,
+    q: Result<Query<AssigneeQuery>, QueryRejection>,
+) -> Reply {
+    ok(
+        StatusCode::OK,
+        api::human_tasks(&s.runtime, query(q)?.assignee.as_deref())?,
+    )
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    #[serde(default)]
+    payload: Value,
+}
+
+async fn complete_human_task(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let body: DecisionBody = json_body(bytes)?;
+    ok(
+        StatusCode::OK,
+        api::complete_human_task(&s.runtime, &id, body.payload).await?,
+    )
+}
+
+async fn incidents(State(s): State<AppState>) -> Reply {
+    ok(StatusCode::OK, api::incidents(&s.runtime)?)
+}
+
+async fn retry_incident(State(s): State<AppState>, Path(id): Path<String>) -> Reply {
+    ok(
+        StatusCode::OK,
+        api::settle_incident(&s.runtime, &id, true).await?,
+    )
+}
+
+async fn resolve_incident(State(s): State<AppState>, Path(id): Path<String>) -> Reply {
+    ok(
+        StatusCode::OK,
+        api::settle_incident(&s.runtime, &id, false).await?,
+    )
+}
+
+async fn cluster(State(s): State<AppState>) -> Reply {
+    let settings = &s.runtime.services.settings;
+    ok(
+        StatusCode::OK,
+        json!({"nodes": [{"id": s.node_id, "status": "up", "shards": settings.shards}], "shards": settings.shards}),
+    )
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let mut response = s.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}
+
+async fn readyz(State(s): State<AppState>) -> Reply {
+    if s.ready.load(Ordering::Acquire) {
+        ok(StatusCode::OK, json!({"ready": true}))
+    } else {
+        Err(ApiError::new(ErrorCode::Unavailable, "node is starting"))
+    }
+}

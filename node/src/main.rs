@@ -1,0 +1,52 @@
+//! `troupe-node --config FILE`: runs one node until SIGINT or SIGTERM.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use troupe_node::{Config, Node, Overrides};
+
+#[derive(Parser)]
+#[command(name = "troupe-node", version, about = "Run a Troupe node")]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Overrides `data-dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Overrides `http-addr`.
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// Overrides `native-addr`.
+    #[arg(long)]
+    native_addr: Option<SocketAddr>,
+    /// Overrides `node-id`.
+    #[arg(long)]
+    node_id: Option<u64>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let overrides = Overrides {
+        node_id: args.node_id,
+        data_dir: args.data_dir,
+        http_addr: args.http_addr,
+        native_addr: args.native_addr,
+    };
+    let config = Config::load(&args.config, &overrides)?;
+    let node = Node::start(config).await?;
+    println!("troupe-node listening on http://{}", node.http_addr());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    node.shutdown().await;
+    Ok(())
+}

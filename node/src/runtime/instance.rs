@@ -1,0 +1,260 @@
+//! `WorkflowActor`: one live instance. It applies events with the engine,
+//! commits them, then carries out the effects. Its state on disk is always
+//! the truth: after any failure it is rebuilt from the snapshot.
+
+use super::shard::ShardMsg;
+use super::{Applied, Command, Failure, ReplyTo, Services, effects};
+use crate::store::{InstanceRecord, ParentLink};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::Value as Json;
+use std::sync::Arc;
+use std::time::Instant;
+use troupe_actors::definition::Definition;
+use troupe_actors::engine::{Event, EventKind, Instance, TaskPhase, apply};
+use troupe_protocol::ErrorCode;
+
+/// The actor.
+pub struct WorkflowActor;
+
+/// Messages of [`WorkflowActor`].
+pub enum WorkflowMsg {
+    /// A command, with where to send the result.
+    Command(Command, Option<ReplyTo>),
+    /// Passivate if idle long enough, else check again later.
+    IdleCheck,
+}
+
+/// Spawn arguments.
+pub struct WorkflowArgs {
+    /// Instance id.
+    pub id: String,
+    /// Shard it belongs to.
+    pub shard: u32,
+    /// The shard actor (for passivation).
+    pub shard_actor: ActorRef<ShardMsg>,
+    /// Shared services.
+    pub services: Arc<Services>,
+    /// Redo the outbox on start (restart after a crash).
+    pub recover: bool,
+}
+
+/// Live state.
+pub struct WorkflowState {
+    args: WorkflowArgs,
+    record: Option<InstanceRecord>,
+    definition: Option<Arc<Definition>>,
+    last_active: Instant,
+}
+
+impl Actor for WorkflowActor {
+    type Msg = WorkflowMsg;
+    type State = WorkflowState;
+    type Arguments = WorkflowArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        args: WorkflowArgs,
+    ) -> Result<WorkflowState, ActorProcessingErr> {
+        Ok(WorkflowState {
+            args,
+            record: None,
+            definition: None,
+            last_active: Instant::now(),
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut WorkflowState,
+    ) -> Result<(), ActorProcessingErr> {
+        let services = state.args.services.clone();
+        if let Some(record) = services.store.instance(&state.args.id)? {
+            let def = services.definitions.get(
+                &services.store,
+                &record.state.definition,
+                record.state.version,
+            )?;
+            state.definition =
+                Some(def.ok_or_else(|| format!("definition of {} is gone", state.args.id))?);
+            state.record = Some(record);
+            if state.args.recover {
+                effects::redo_outbox(&services, &state.args.id)?;
+            }
+        }
+        check_idle_after(&myself, state.args.services.settings.passivate_after);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: WorkflowMsg,
+        state: &mut WorkflowState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            WorkflowMsg::Command(command, reply) => {
+                let result = execute(state, command).await;
+                let storage_failed = matches!(&result, Err(f) if f.code == ErrorCode::Internal);
+                if let Some(reply) = reply {
+                    let _ = reply.send(result.clone());
+                }
+                if storage_failed {
+                    // Memory may be ahead of disk: restart from the snapshot.
+                    return Err(format!(
+                        "instance {} failed to commit: {:?}",
+                        state.args.id, result
+                    )
+                    .into());
+                }
+                state.last_active = Instant::now();
+            }
+            WorkflowMsg::IdleCheck => {
+                let after = state.args.services.settings.passivate_after;
+                let idle = state.last_active.elapsed();
+                if idle >= after && !busy(state) {
+                    let _ = state.args.shard_actor.cast(ShardMsg::Passivate {
+                        id: state.args.id.clone(),
+                        actor: myself.get_id(),
+                    });
+                } else {
+                    check_idle_after(&myself, after.saturating_sub(idle).max(after / 4));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One pending idle check per actor: it re-arms itself until the actor is idle.
+fn check_idle_after(myself: &ActorRef<WorkflowMsg>, after: std::time::Duration) {
+    let me = myself.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        let _ = me.cast(WorkflowMsg::IdleCheck);
+    });
+}
+
+/// Whether the instance has work running in this node whose result it waits for.
+fn busy(state: &WorkflowState) -> bool {
+    state.record.as_ref().is_some_and(|r| {
+        !r.state.status.is_terminal()
+            && r.state.steps.values().any(|run| {
+                [&run.task, &run.compensation]
+                    .into_iter()
+                    .flatten()
+                    .any(|t| t.phase == TaskPhase::Scheduled || t.phase == TaskPhase::Running)
+            })
+    })
+}
+
+async fn execute(state: &mut WorkflowState, command: Command) -> Result<Applied, Failure> {
+    match command {
+        Command::Start {
+            definition,
+            input,
+            parent,
+        } => start(state, definition, input, parent).await,
+        Command::Event(kind) => {
+            if state.record.is_none() {
+                return Err(Failure::new(
+                    ErrorCode::WorkflowNotFound,
+                    format!("no workflow {}", state.args.id),
+                ));
+            }
+            transition(state, kind).await
+        }
+        Command::Recover => {
+            if state.record.is_some() && !state.args.recover {
+                effects::redo_outbox(&state.args.services, &state.args.id)?;
+            }
+            Ok(Applied::Done)
+        }
+    }
+}
+
+async fn start(
+    state: &mut WorkflowState,
+    definition: Arc<Definition>,
+    input: Json,
+    parent: Option<ParentLink>,
+) -> Result<Applied, Failure> {
+    if let Some(record) = &state.record {
+        let same = record.state.definition == definition.name
+            && record.state.version == definition.version
+            && record.state.input == input;
+        if !same {
+            return Err(Failure::new(
+                ErrorCode::WorkflowConflict,
+                format!(
+                    "workflow {} exists with another definition or input",
+                    state.args.id
+                ),
+            ));
+        }
+        // A repeated child start (after a crash) gets the outcome again.
+        if let (Some(link), true) = (&record.parent, record.state.status.is_terminal()) {
+            let s = &record.state;
+            effects::notify_parent(
+                &state.args.services,
+                link,
+                s.status,
+                s.output.clone(),
+                s.error.clone(),
+            );
+        }
+        return Ok(Applied::Existing);
+    }
+    metrics::counter!(crate::metrics::WORKFLOWS_STARTED_TOTAL, "definition" => definition.name.clone()).increment(1);
+    state.record = Some(InstanceRecord {
+        state: Instance::blank(&definition),
+        parent,
+    });
+    state.definition = Some(definition);
+    let result = transition(
+        state,
+        EventKind::Started {
+            id: state.args.id.clone(),
+            input,
+        },
+    )
+    .await;
+    if result.is_err() {
+        state.record = None;
+    }
+    result
+}
+
+async fn transition(state: &mut WorkflowState, kind: EventKind) -> Result<Applied, Failure> {
+    let services = state.args.services.clone();
+    let def = state.definition.clone().expect("loaded with the record");
+    let record = state.record.as_mut().expect("checked by caller");
+    let event = Event {
+        at: effects::event_time(record.state.updated_at),
+        kind,
+    };
+    let before = record.state.status;
+    let outcome = apply(&def, &mut record.state, &event);
+    if let Some(reason) = outcome.ignored {
+        return Ok(Applied::Ignored(reason));
+    }
+    let ops = effects::ops(
+        &services,
+        state.args.shard,
+        record,
+        &event,
+        &outcome.effects,
+    );
+    let started = std::time::Instant::now();
+    services.committer.commit(ops).await?;
+    metrics::histogram!(crate::metrics::TRANSITION_SECONDS).record(started.elapsed().as_secs_f64());
+    metrics::counter!(crate::metrics::TRANSITIONS_TOTAL).increment(1);
+    let after = record.state.status;
+    let is_start = matches!(event.kind, EventKind::Started { .. });
+    if before != after || is_start {
+        crate::metrics::status_moved((!is_start).then_some(before), after);
+    }
+    effects::perform(&services, record, outcome.effects);
+    Ok(Applied::Done)
+}

@@ -1,0 +1,281 @@
+//! The effectful shell around the engine: ractor actors that own instances,
+//! the timer service, the task runner, and the handle the listeners use.
+//!
+//! A command for an instance goes to the actor of its shard
+//! (`shard_of(id)`), which forwards it to the instance's actor, spawning it
+//! (and loading its snapshot) when it is not live. The instance actor applies
+//! the event with the engine, commits the journal entry, snapshot and side
+//! records in one group commit, and only then carries out the effects and
+//! replies.
+
+mod effects;
+mod instance;
+mod shard;
+mod tasks;
+mod timers;
+pub mod view;
+
+pub use tasks::{TaskError, TaskHandler, TaskHandlers, TaskRequest};
+
+use crate::store::{Committer, ParentLink, Store};
+use ractor::{Actor, ActorRef};
+use serde_json::Value as Json;
+use shard::{ShardActor, ShardArgs, ShardMsg};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use troupe_actors::definition::{self, Definition};
+use troupe_actors::engine::{EventKind, Millis};
+use troupe_protocol::{ErrorCode, shard_of};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Failure {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// What happened.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with `code`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<crate::store::Error> for Failure {
+    fn from(e: crate::store::Error) -> Self {
+        match e {
+            crate::store::Error::Closed => Self::new(ErrorCode::Unavailable, e.to_string()),
+            other => Self::new(ErrorCode::Internal, other.to_string()),
+        }
+    }
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The event was journaled and its effects carried out.
+    Done,
+    /// An instance with this id already exists with the same definition and input.
+    Existing,
+    /// The event changed nothing (duplicate, stale, not applicable), with why.
+    Ignored(String),
+}
+
+/// A command for one instance.
+#[derive(Debug)]
+pub enum Command {
+    /// Create and start the instance.
+    Start {
+        /// Its definition.
+        definition: Arc<Definition>,
+        /// Start input.
+        input: Json,
+        /// Parent, for a child workflow.
+        parent: Option<ParentLink>,
+    },
+    /// Apply an event to an existing instance.
+    Event(EventKind),
+    /// Load the instance and redo what may have been lost in a crash.
+    Recover,
+}
+
+/// Reply channel of a command.
+pub type ReplyTo = oneshot::Sender<Result<Applied, Failure>>;
+
+/// Definitions parsed once and shared by every instance of a version.
+#[derive(Default)]
+pub struct DefinitionCache {
+    parsed: RwLock<HashMap<(String, u32), Arc<Definition>>>,
+}
+
+impl DefinitionCache {
+    /// The parsed definition `name` v`version`, loading it from the store.
+    pub fn get(
+        &self,
+        store: &Store,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<Arc<Definition>>, Failure> {
+        let key = (name.to_owned(), version);
+        if let Some(def) = self.parsed.read().expect("cache lock").get(&key) {
+            return Ok(Some(def.clone()));
+        }
+        let Some(record) = store.definition(name, version)? else {
+            return Ok(None);
+        };
+        let def = definition::load(&record.source).map_err(|_| {
+            Failure::new(
+                ErrorCode::Internal,
+                format!("stored definition {name} v{version} no longer parses"),
+            )
+        })?;
+        let def = Arc::new(def);
+        self.parsed
+            .write()
+            .expect("cache lock")
+            .insert(key, def.clone());
+        Ok(Some(def))
+    }
+}
+
+/// Runtime settings taken from the config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Shard count.
+    pub shards: u32,
+    /// Idle time before an instance is passivated.
+    pub passivate_after: Duration,
+    /// Restarts allowed per instance within `restart_window`.
+    pub restart_budget: u32,
+    /// Restart budget window.
+    pub restart_window: Duration,
+}
+
+/// Everything the actors share.
+pub struct Services {
+    /// Storage.
+    pub store: Store,
+    /// Group commit.
+    pub committer: Committer,
+    /// Parsed definitions.
+    pub definitions: DefinitionCache,
+    /// Settings.
+    pub settings: Settings,
+    router: OnceLock<Router>,
+    timers: timers::TimerHandle,
+    tasks: Arc<tasks::TaskRunner>,
+}
+
+impl Services {
+    /// The router (set once the shard actors exist).
+    pub fn router(&self) -> &Router {
+        self.router.get().expect("router is set at start")
+    }
+}
+
+/// Sends commands to the shard actor owning an instance.
+#[derive(Clone)]
+pub struct Router {
+    shards: Arc<Vec<ActorRef<ShardMsg>>>,
+}
+
+impl Router {
+    /// Sends a command without waiting.
+    pub fn cast(&self, id: &str, command: Command) {
+        let shard = &self.shards[shard_of(id, self.shards.len() as u32) as usize];
+        let _ = shard.cast(ShardMsg::Deliver {
+            id: id.to_owned(),
+            command,
+            reply: None,
+        });
+    }
+
+    /// Sends a command and waits until it is durable (or refused).
+    pub async fn call(&self, id: &str, command: Command) -> Result<Applied, Failure> {
+        let (reply, wait) = oneshot::channel();
+        let shard = &self.shards[shard_of(id, self.shards.len() as u32) as usize];
+        shard
+            .cast(ShardMsg::Deliver {
+                id: id.to_owned(),
+                command,
+                reply: Some(reply),
+            })
+            .map_err(|_| Failure::new(ErrorCode::Unavailable, "node is shutting down"))?;
+        match tokio::time::timeout(Duration::from_secs(30), wait).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Failure::new(
+                ErrorCode::Unavailable,
+                "instance restarted before answering; retry",
+            )),
+            Err(_) => Err(Failure::new(
+                ErrorCode::Unavailable,
+                "timed out waiting for the instance; retry",
+            )),
+        }
+    }
+}
+
+/// The running engine: shard actors, timers and tasks.
+#[derive(Clone)]
+pub struct Runtime {
+    /// Shared services.
+    pub services: Arc<Services>,
+    shard_actors: Vec<ActorRef<ShardMsg>>,
+}
+
+impl Runtime {
+    /// Starts timers, the task runner and one actor per shard, then recovers
+    /// instances that had work in flight.
+    pub async fn start(
+        store: Store,
+        committer: Committer,
+        settings: Settings,
+        handlers: TaskHandlers,
+    ) -> anyhow::Result<Self> {
+        let armed = store.timers()?;
+        let services = Arc::new_cyclic(|weak: &std::sync::Weak<Services>| Services {
+            store: store.clone(),
+            committer,
+            definitions: DefinitionCache::default(),
+            settings: settings.clone(),
+            router: OnceLock::new(),
+            timers: timers::TimerHandle::start(weak.clone(), armed),
+            tasks: Arc::new(tasks::TaskRunner::new(weak.clone(), handlers)),
+        });
+        let mut shard_actors = Vec::new();
+        for shard in 0..settings.shards {
+            let args = ShardArgs {
+                shard,
+                services: services.clone(),
+            };
+            let (actor, _) = Actor::spawn(None, ShardActor, args).await?;
+            shard_actors.push(actor);
+        }
+        let _ = services.router.set(Router {
+            shards: Arc::new(shard_actors.clone()),
+        });
+        services.timers.begin();
+        let runtime = Self {
+            services,
+            shard_actors,
+        };
+        runtime.recover()?;
+        Ok(runtime)
+    }
+
+    /// The router.
+    pub fn router(&self) -> &Router {
+        self.services.router()
+    }
+
+    /// Activates every instance with outbox entries, so that work lost in a
+    /// crash (task attempts, child starts) is carried out again.
+    fn recover(&self) -> anyhow::Result<()> {
+        for id in self.services.store.outbox_instances()? {
+            self.router().cast(&id, Command::Recover);
+        }
+        Ok(())
+    }
+
+    /// Stops the shard actors (and their instances).
+    pub fn stop(&self) {
+        for shard in &self.shard_actors {
+            shard.stop(None);
+        }
+    }
+}

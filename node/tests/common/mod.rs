@@ -1,0 +1,185 @@
+//! Shared helpers for node tests: an in-process node, an HTTP client, a
+//! stand-in for the outside world, and waiting on conditions.
+#![allow(dead_code, missing_docs)]
+
+pub mod world;
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use troupe_node::{Config, Node};
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("troupe-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A config for a test node in `dir`, listening on a free loopback port.
+pub fn config(dir: &Path) -> Config {
+    Config::from_toml(&format!(
+        r#"
+node-id = 1
+data-dir = "{}"
+http-addr = "127.0.0.1:0"
+native-addr = "127.0.0.1:0"
+shards = 4
+[engine]
+passivate-after = "300ms"
+"#,
+        dir.join("data").display()
+    ))
+    .unwrap()
+}
+
+/// An in-process node with a client.
+pub struct TestNode {
+    pub node: Node,
+    pub api: Api,
+    _dir: TempDir,
+}
+
+impl TestNode {
+    pub async fn start() -> Self {
+        let dir = TempDir::new("node");
+        let node = Node::start(config(dir.path())).await.expect("node starts");
+        let api = Api::new(&format!("http://{}", node.http_addr()));
+        Self {
+            node,
+            api,
+            _dir: dir,
+        }
+    }
+}
+
+/// A small HTTP/JSON client.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn send(&self, method: &str, path: &str, body: Option<String>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send("GET", path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send("POST", path, Some(body.to_string())).await
+    }
+
+    /// Deploys a YAML definition, asserting success.
+    pub async fn deploy(&self, yaml: &str) {
+        let (status, body) = self
+            .send("PUT", "/v1/definitions", Some(yaml.to_owned()))
+            .await;
+        assert!(status == 201 || status == 200, "deploy: {status} {body}");
+    }
+
+    /// Starts an instance, asserting success; returns its view.
+    pub async fn start(&self, definition: &str, id: &str, input: Value) -> Value {
+        let (status, body) = self
+            .post(
+                "/v1/workflows",
+                json!({"definition": definition, "id": id, "input": input}),
+            )
+            .await;
+        assert_eq!(status, 201, "start {id}: {body}");
+        body
+    }
+
+    pub async fn workflow(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/v1/workflows/{}", encode(id))).await;
+        assert_eq!(status, 200, "get {id}: {body}");
+        body
+    }
+
+    /// Waits until the instance's status is `status`; returns its view.
+    pub async fn wait_status(&self, id: &str, status: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let view = self.workflow(id).await;
+            if view["status"] == status {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never became {status}: {view:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Percent-encodes a path segment.
+pub fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Polls `check` until it returns `Some`, or panics after `secs`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
