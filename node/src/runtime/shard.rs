@@ -117,17 +117,9 @@ impl Actor for ShardActor {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
-                let Some(id) = state.ids.remove(&cell.get_id()) else {
+                let Some(id) = state.forget(cell.get_id()) else {
                     return Ok(());
                 };
-                if state
-                    .live
-                    .get(&id)
-                    .is_some_and(|a| a.get_id() == cell.get_id())
-                {
-                    state.live.remove(&id);
-                    metrics::gauge!(crate::metrics::INSTANCES_LIVE).decrement(1.0);
-                }
                 // Commands that arrived while it stopped go to a fresh actor.
                 match state.parked.remove(&id) {
                     Some(parked) if !parked.is_empty() => {
@@ -140,17 +132,9 @@ impl Actor for ShardActor {
                 }
             }
             SupervisionEvent::ActorFailed(cell, error) => {
-                let Some(id) = state.ids.remove(&cell.get_id()) else {
+                let Some(id) = state.forget(cell.get_id()) else {
                     return Ok(());
                 };
-                if state
-                    .live
-                    .get(&id)
-                    .is_some_and(|a| a.get_id() == cell.get_id())
-                {
-                    state.live.remove(&id);
-                    metrics::gauge!(crate::metrics::INSTANCES_LIVE).decrement(1.0);
-                }
                 metrics::counter!(crate::metrics::INSTANCE_RESTARTS_TOTAL).increment(1);
                 let settings = &state.services.settings;
                 let now = Instant::now();
@@ -179,6 +163,18 @@ impl Actor for ShardActor {
             _ => {}
         }
         Ok(())
+    }
+}
+
+impl ShardState {
+    /// Drops an ended actor from the maps; returns the instance it served.
+    fn forget(&mut self, actor: ActorId) -> Option<String> {
+        let id = self.ids.remove(&actor)?;
+        if self.live.get(&id).is_some_and(|a| a.get_id() == actor) {
+            self.live.remove(&id);
+            metrics::gauge!(crate::metrics::INSTANCES_LIVE).decrement(1.0);
+        }
+        Some(id)
     }
 }
 
