@@ -9,12 +9,12 @@ SHELL := /bin/bash
 
 ## run: start a local node with the examples deployed and print where to look
 run: deps
-	$(CARGO) build --release -p troupe-node -p troupe-client
+	$(CARGO) build --release -p troupe-node -p troupe-cli
 	@bash scripts/run-node.sh
 
 ## simulate: dry-run every example through the engine, printing the timelines
 simulate: deps
-	$(CARGO) build --release -p troupe-client
+	$(CARGO) build --release -p troupe-cli
 	@bash scripts/run-examples.sh $${CARGO_TARGET_DIR:-target}/release/troupe
 
 ## test: fmt and clippy checks, then the whole test suite

@@ -51,6 +51,7 @@ fn table(
                 sim.apply(EventKind::TaskHeartbeat {
                     path: path.into(),
                     attempt,
+                    progress: None,
                 })
             }
             Signal(id, name, payload) => sim.signal(id, name, payload),
@@ -493,7 +494,10 @@ fn a_heartbeat_keeps_a_stale_heartbeat_timer_from_firing() {
     sim.apply(EventKind::TaskHeartbeat {
         path: "a".into(),
         attempt: 1,
+        progress: Some(serde_json::json!({"done": 40})),
     });
+    let progress = sim.inst.steps["a"].task.as_ref().unwrap().progress.clone();
+    assert_eq!(progress, Some(serde_json::json!({"done": 40})));
     sim.now += 3_000; // the first arming's due time has passed, the deadline has not
     let outcome = sim.apply(EventKind::TimerFired { timer: first });
     assert!(outcome.ignored.is_some(), "deadline moved by the heartbeat");

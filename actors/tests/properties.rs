@@ -93,7 +93,11 @@ fn actions(sim: &Sim) -> Vec<EventKind> {
             path: path.clone(),
             attempt,
         });
-        out.push(EventKind::TaskHeartbeat { path, attempt });
+        out.push(EventKind::TaskHeartbeat {
+            path,
+            attempt,
+            progress: None,
+        });
     }
     for path in sim.humans.keys() {
         out.push(EventKind::HumanCompleted {

@@ -169,6 +169,7 @@ fn generated_id(definition: &str) -> String {
 /// Starts (idempotently) an instance; `Ok(true)` when it was created now.
 pub async fn start(rt: &Runtime, request: StartRequest) -> Result<(bool, Json)> {
     let services = &rt.services;
+    services.admit_new_work()?;
     let version = match request.version {
         Some(v) => v,
         None => services
@@ -435,4 +436,10 @@ pub async fn settle_incident(rt: &Runtime, incident_id: &str, retry: bool) -> Re
         )),
         _ => workflow(rt, &incident.instance),
     }
+}
+
+/// The cluster as this node sees it.
+pub fn cluster(rt: &Runtime, node_id: u64) -> Json {
+    let shards = rt.services.settings.shards;
+    json!({"nodes": [{"id": node_id, "status": "up", "shards": shards}], "shards": shards})
 }

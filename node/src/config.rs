@@ -63,15 +63,29 @@ impl Default for StorageConfig {
 pub struct LimitsConfig {
     /// Largest HTTP request body.
     pub max_body_bytes: usize,
-    /// Instances held in memory before the idle ones are passivated early.
+    /// Largest native-protocol frame.
+    pub max_frame_bytes: usize,
+    /// Instances held in memory (not passivated) before new starts are
+    /// refused as overloaded.
     pub max_live_instances: usize,
+    /// Client commands pending per shard before new ones are refused.
+    pub max_pending_per_shard: usize,
+    /// Worker tasks waiting for a worker before new starts are refused.
+    pub max_queued_tasks: usize,
+    /// Requests in flight on one native connection before the node stops
+    /// reading from it (the client then feels TCP backpressure).
+    pub max_inflight_per_connection: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 1 << 20,
-            max_live_instances: 100_000,
+            max_frame_bytes: troupe_protocol::frame::DEFAULT_MAX_FRAME,
+            max_live_instances: 200_000,
+            max_pending_per_shard: 2_000,
+            max_queued_tasks: 200_000,
+            max_inflight_per_connection: 1_024,
         }
     }
 }
@@ -202,6 +216,25 @@ impl Config {
         }
         if self.limits.max_body_bytes < 1024 {
             return invalid("limits.max-body-bytes", "must be >= 1024");
+        }
+        if self.limits.max_frame_bytes < 1024 {
+            return invalid("limits.max-frame-bytes", "must be >= 1024");
+        }
+        for (name, value) in [
+            ("limits.max-live-instances", self.limits.max_live_instances),
+            (
+                "limits.max-pending-per-shard",
+                self.limits.max_pending_per_shard,
+            ),
+            ("limits.max-queued-tasks", self.limits.max_queued_tasks),
+            (
+                "limits.max-inflight-per-connection",
+                self.limits.max_inflight_per_connection,
+            ),
+        ] {
+            if value == 0 {
+                return invalid(name, "must be >= 1");
+            }
         }
         if self.engine.restart_budget == 0 {
             return invalid("engine.restart-budget", "must be >= 1");

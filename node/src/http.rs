@@ -2,6 +2,7 @@
 
 use crate::api::{self, ApiError};
 use crate::runtime::Runtime;
+use crate::workers;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -99,6 +100,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/incidents", get(incidents))
         .route("/v1/incidents/{id}/retry", post(retry_incident))
         .route("/v1/incidents/{id}/resolve", post(resolve_incident))
+        .route("/v1/tasks/poll", post(poll_tasks))
+        .route("/v1/tasks/{token}/complete", post(complete_task))
+        .route("/v1/tasks/{token}/fail", post(fail_task))
+        .route("/v1/tasks/{token}/heartbeat", post(heartbeat_task))
         .route("/v1/cluster", get(cluster))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -262,12 +267,102 @@ async fn resolve_incident(State(s): State<AppState>, Path(id): Path<String>) -> 
     )
 }
 
-async fn cluster(State(s): State<AppState>) -> Reply {
-    let settings = &s.runtime.services.settings;
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PollBody {
+    worker: String,
+    task_types: Vec<String>,
+    #[serde(default = "one")]
+    max: u32,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn poll_tasks(State(s): State<AppState>, bytes: Result<Bytes, BytesRejection>) -> Reply {
+    let body: PollBody = json_body(bytes)?;
+    let wait = std::time::Duration::from_millis(body.wait_ms);
+    tracing::trace!(worker = %body.worker, "poll");
+    let tasks = workers::poll(&s.runtime, body.task_types, body.max, wait).await?;
+    let tasks: Vec<Value> = tasks.iter().map(workers::assignment_json).collect();
+    ok(StatusCode::OK, json!({ "tasks": tasks }))
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CompleteBody {
+    #[serde(default)]
+    output: Value,
+}
+
+async fn complete_task(
+    State(s): State<AppState>,
+    Path(token): Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let body: CompleteBody = json_body(bytes)?;
+    let report = workers::Report::Complete(body.output);
     ok(
         StatusCode::OK,
-        json!({"nodes": [{"id": s.node_id, "status": "up", "shards": settings.shards}], "shards": settings.shards}),
+        workers::report(&s.runtime, &token, report).await?,
     )
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailBody {
+    code: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default = "yes")]
+    retryable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn fail_task(
+    State(s): State<AppState>,
+    Path(token): Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let body: FailBody = json_body(bytes)?;
+    let report = workers::Report::Fail {
+        code: body.code,
+        message: body.message,
+        retryable: body.retryable,
+    };
+    ok(
+        StatusCode::OK,
+        workers::report(&s.runtime, &token, report).await?,
+    )
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HeartbeatBody {
+    progress: Option<Value>,
+}
+
+async fn heartbeat_task(
+    State(s): State<AppState>,
+    Path(token): Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let body: HeartbeatBody = json_body(bytes)?;
+    let report = workers::Report::Heartbeat(body.progress);
+    ok(
+        StatusCode::OK,
+        workers::report(&s.runtime, &token, report).await?,
+    )
+}
+
+async fn cluster(State(s): State<AppState>) -> Reply {
+    ok(StatusCode::OK, api::cluster(&s.runtime, s.node_id))
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

@@ -12,8 +12,10 @@ pub mod config;
 mod duration_serde;
 pub mod http;
 pub mod metrics;
+pub mod native;
 pub mod runtime;
 pub mod store;
+pub mod workers;
 
 pub use config::{Config, Overrides};
 pub use runtime::{TaskError, TaskHandlers, TaskRequest};
@@ -30,8 +32,10 @@ use tokio::sync::oneshot;
 pub struct Node {
     runtime: Runtime,
     http_addr: SocketAddr,
+    native_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
+    native: tokio::task::JoinHandle<()>,
 }
 
 impl Node {
@@ -54,6 +58,9 @@ impl Node {
             passivate_after: config.engine.passivate_after,
             restart_budget: config.engine.restart_budget,
             restart_window: config.engine.restart_window,
+            max_pending_per_shard: config.limits.max_pending_per_shard,
+            max_live_instances: config.limits.max_live_instances,
+            max_queued_tasks: config.limits.max_queued_tasks,
         };
         let runtime = Runtime::start(store, committer, settings, handlers).await?;
         for file in &config.deploy {
@@ -74,29 +81,55 @@ impl Node {
             .await
             .with_context(|| format!("binding {}", config.http_addr))?;
         let http_addr = listener.local_addr()?;
+        let native_listener = tokio::net::TcpListener::bind(config.native_addr)
+            .await
+            .with_context(|| format!("binding {}", config.native_addr))?;
+        let native_addr = native_listener.local_addr()?;
+        let native_state = native::NativeState {
+            runtime: runtime.clone(),
+            node_id: config.node_id,
+            max_frame: config.limits.max_frame_bytes,
+            max_inflight: config.limits.max_inflight_per_connection,
+        };
         let (shutdown, stop) = oneshot::channel::<()>();
+        let (native_shutdown, native_stop) = tokio::sync::watch::channel(false);
         let app = http::router(state, config.limits.max_body_bytes);
+        let native = tokio::spawn(async move {
+            let mut native_stop = native_stop;
+            native::serve(native_listener, native_state, async move {
+                let _ = native_stop.changed().await;
+            })
+            .await;
+        });
         let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = stop.await;
+                let _ = native_shutdown.send(true);
             });
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "http listener failed");
             }
         });
         ready.store(true, Ordering::Release);
-        tracing::info!(node_id = config.node_id, %http_addr, shards = config.shards, "node started");
+        tracing::info!(node_id = config.node_id, %http_addr, %native_addr, shards = config.shards, "node started");
         Ok(Self {
             runtime,
             http_addr,
+            native_addr,
             shutdown: Some(shutdown),
             server,
+            native,
         })
     }
 
     /// Where the HTTP API listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where the native protocol listens.
+    pub fn native_addr(&self) -> SocketAddr {
+        self.native_addr
     }
 
     /// The engine, for embedding programs.
@@ -110,6 +143,7 @@ impl Node {
             let _ = stop.send(());
         }
         let _ = (&mut self.server).await;
+        let _ = (&mut self.native).await;
         self.runtime.stop();
     }
 }

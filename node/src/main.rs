@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let config = Config::load(&args.config, &overrides)?;
     let node = Node::start(config).await?;
+    println!("troupe-node native protocol on {}", node.native_addr());
     println!("troupe-node listening on http://{}", node.http_addr());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

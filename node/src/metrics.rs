@@ -42,6 +42,19 @@ pub const INSTANCE_RESTARTS_TOTAL: &str = "troupe_instance_restarts_total";
 /// HTTP requests, by route and status class.
 pub const HTTP_REQUESTS_TOTAL: &str = "troupe_http_requests_total";
 
+/// Worker task attempts waiting for a worker.
+pub const TASKS_QUEUED: &str = "troupe_tasks_queued";
+/// Task attempts handed to workers.
+pub const TASKS_LEASED_TOTAL: &str = "troupe_tasks_leased_total";
+/// Worker reports (complete, fail, heartbeat), by kind and whether accepted.
+pub const TASK_REPORTS_TOTAL: &str = "troupe_task_reports_total";
+/// Requests refused because the node was over a limit, by limit.
+pub const OVERLOADED_TOTAL: &str = "troupe_overloaded_total";
+/// Open native-protocol connections.
+pub const NATIVE_CONNECTIONS: &str = "troupe_native_connections";
+/// Native-protocol connections closed for a malformed or oversized frame.
+pub const NATIVE_BAD_FRAMES_TOTAL: &str = "troupe_native_bad_frames_total";
+
 /// Installs the Prometheus recorder once per process and describes every metric.
 pub fn install() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -99,6 +112,21 @@ fn describe() {
         "Instance actors restarted after a failure"
     );
     describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests served");
+    describe_gauge!(TASKS_QUEUED, "Worker task attempts waiting for a worker");
+    describe_counter!(TASKS_LEASED_TOTAL, "Task attempts handed to workers");
+    describe_counter!(
+        TASK_REPORTS_TOTAL,
+        "Worker reports, by kind and whether they were accepted"
+    );
+    describe_counter!(
+        OVERLOADED_TOTAL,
+        "Requests refused because the node was over a limit"
+    );
+    describe_gauge!(NATIVE_CONNECTIONS, "Open native-protocol connections");
+    describe_counter!(
+        NATIVE_BAD_FRAMES_TOTAL,
+        "Native connections closed for a malformed or oversized frame"
+    );
 }
 
 /// Moves one instance between status gauges.

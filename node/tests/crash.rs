@@ -7,61 +7,13 @@
 mod common;
 
 use common::world::World;
-use common::{Api, TempDir};
+use common::{Api, NodeProcess as Proc, TempDir};
 use serde_json::{Value, json};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::task::JoinSet;
 
 const INSTANCES: usize = 200;
-
-/// A node process.
-struct Proc {
-    child: Child,
-    api: Api,
-}
-
-impl Proc {
-    /// Starts `troupe-node` and waits for the line announcing its address.
-    fn spawn(config: &Path, log: &Path) -> Self {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_troupe-node"))
-            .args(["--config", config.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn troupe-node");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("troupe-node listening on ") {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("node announces its address");
-        Self {
-            child,
-            api: Api::new(&base),
-        }
-    }
-
-    /// SIGKILL, no goodbye.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
 
 /// A tiny deterministic generator for kill moments.
 struct Lcg(u64);

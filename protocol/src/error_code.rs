@@ -12,6 +12,9 @@ use std::fmt;
 pub enum ErrorCode {
     /// The request itself is malformed (bad JSON, missing field, bad value).
     InvalidRequest,
+    /// Bytes on the native port that are not a frame of a known version;
+    /// the node closes that connection.
+    MalformedFrame,
     /// A workflow definition failed validation; details list every error.
     InvalidDefinition,
     /// The request body or a payload is larger than the configured limit.
@@ -42,8 +45,9 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         Self::InvalidRequest,
+        Self::MalformedFrame,
         Self::InvalidDefinition,
         Self::PayloadTooLarge,
         Self::NotFound,
@@ -63,6 +67,7 @@ impl ErrorCode {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::InvalidRequest => "invalid_request",
+            Self::MalformedFrame => "malformed_frame",
             Self::InvalidDefinition => "invalid_definition",
             Self::PayloadTooLarge => "payload_too_large",
             Self::NotFound => "not_found",
@@ -82,7 +87,7 @@ impl ErrorCode {
     /// The HTTP status that carries this code.
     pub const fn http_status(self) -> u16 {
         match self {
-            Self::InvalidRequest | Self::InvalidDefinition => 400,
+            Self::InvalidRequest | Self::MalformedFrame | Self::InvalidDefinition => 400,
             Self::NotFound
             | Self::DefinitionNotFound
             | Self::WorkflowNotFound
@@ -94,6 +99,11 @@ impl ErrorCode {
             Self::Unavailable => 503,
             Self::Internal => 500,
         }
+    }
+
+    /// The code with this string form.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == text)
     }
 
     /// Whether sending the same request again later can succeed.

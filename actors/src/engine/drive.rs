@@ -249,6 +249,7 @@ impl<'a> Machine<'a> {
                     series_start: 1,
                     phase: TaskPhase::Scheduled,
                     heartbeat_deadline: None,
+                    progress: None,
                 });
                 match self.task_input(path, false) {
                     Ok(input) => self.dispatch(path, task, 1, input),

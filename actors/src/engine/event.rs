@@ -38,6 +38,9 @@ pub enum EventKind {
         path: String,
         /// Attempt number.
         attempt: u32,
+        /// What the worker reports about its progress, shown on the step.
+        #[serde(default)]
+        progress: Option<Json>,
     },
     /// A task attempt completed.
     TaskCompleted {

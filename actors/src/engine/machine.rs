@@ -102,7 +102,11 @@ impl<'a> Machine<'a> {
         match kind {
             EventKind::Started { .. } => unreachable!("handled above"),
             EventKind::TaskStarted { path, attempt } => self.task_started(path, *attempt),
-            EventKind::TaskHeartbeat { path, attempt } => self.task_heartbeat(path, *attempt),
+            EventKind::TaskHeartbeat {
+                path,
+                attempt,
+                progress,
+            } => self.task_heartbeat(path, *attempt, progress.as_ref()),
             EventKind::TaskCompleted {
                 path,
                 attempt,

@@ -142,6 +142,7 @@ impl Machine<'_> {
             series_start: 1,
             phase: TaskPhase::Scheduled,
             heartbeat_deadline: None,
+            progress: None,
         });
         let spec = &self
             .step(&self.inst.steps[path].step_id)

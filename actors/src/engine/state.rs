@@ -137,6 +137,9 @@ pub struct TaskProgress {
     pub phase: TaskPhase,
     /// When the running attempt times out for lack of heartbeats.
     pub heartbeat_deadline: Option<Millis>,
+    /// Progress from the attempt's last heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<serde_json::Value>,
 }
 
 /// Where a task attempt stands.

@@ -138,17 +138,19 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
-    pub(super) fn task_heartbeat(&mut self, task_path: &str, attempt: u32) -> Handled {
-        let (step_path, compensation) = split(task_path);
-        if self
-            .spec(step_path, compensation)
-            .timeouts
-            .heartbeat
-            .is_none()
-        {
-            return Err(format!("{task_path} has no heartbeat timeout"));
+    /// A heartbeat starts a scheduled attempt, pushes the heartbeat deadline
+    /// (when the task has one) and records the progress it carries.
+    pub(super) fn task_heartbeat(
+        &mut self,
+        task_path: &str,
+        attempt: u32,
+        progress: Option<&Json>,
+    ) -> Handled {
+        let slot = self.in_flight(task_path, attempt)?;
+        if progress.is_some() {
+            slot.progress = progress.cloned();
         }
-        if self.in_flight(task_path, attempt)?.phase == TaskPhase::Scheduled {
+        if slot.phase == TaskPhase::Scheduled {
             return self.task_started(task_path, attempt);
         }
         self.touch_heartbeat(task_path, attempt);

@@ -161,9 +161,9 @@ pub(super) fn perform(services: &Services, record: &InstanceRecord, effects: Vec
                 if task.path.ends_with("/compensate") && task.attempt == 1 {
                     metrics::counter!(crate::metrics::COMPENSATIONS_TOTAL).increment(1);
                 }
-                services.tasks.dispatch(id, task);
+                services.dispatch_task(id, task);
             }
-            Effect::CancelTask { path, attempt } => services.tasks.cancel(id, &path, attempt),
+            Effect::CancelTask { path, attempt } => services.cancel_task(id, &path, attempt),
             Effect::ArmTimer { timer, at } => services.timers.arm(id, timer, at),
             Effect::CancelTimer { timer } => services.timers.cancel(id, timer),
             Effect::StartChild {
@@ -295,7 +295,7 @@ pub(super) fn latest_version(
 pub(super) fn redo_outbox(services: &Services, id: &str) -> Result<(), crate::store::Error> {
     for entry in services.store.outbox_of(id)? {
         match entry {
-            OutboxRecord::Task { dispatch, .. } => services.tasks.dispatch(id, dispatch),
+            OutboxRecord::Task { dispatch, .. } => services.dispatch_task(id, dispatch),
             OutboxRecord::Child {
                 path,
                 child_id,

@@ -10,6 +10,7 @@
 
 mod effects;
 mod instance;
+pub mod queue;
 mod shard;
 mod tasks;
 mod timers;
@@ -22,6 +23,7 @@ use ractor::{Actor, ActorRef};
 use serde_json::Value as Json;
 use shard::{ShardActor, ShardArgs, ShardMsg};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -144,6 +146,12 @@ pub struct Settings {
     pub restart_budget: u32,
     /// Restart budget window.
     pub restart_window: Duration,
+    /// Client commands waiting or running per shard before new ones are refused.
+    pub max_pending_per_shard: usize,
+    /// Live instances before new starts are refused.
+    pub max_live_instances: usize,
+    /// Worker tasks waiting for a worker before new starts are refused.
+    pub max_queued_tasks: usize,
 }
 
 /// Everything the actors share.
@@ -156,6 +164,10 @@ pub struct Services {
     pub definitions: DefinitionCache,
     /// Settings.
     pub settings: Settings,
+    /// Queues of task attempts for workers.
+    pub queues: queue::TaskQueues,
+    /// Instance actors in memory.
+    pub live: AtomicUsize,
     router: OnceLock<Router>,
     timers: timers::TimerHandle,
     tasks: Arc<tasks::TaskRunner>,
@@ -166,12 +178,62 @@ impl Services {
     pub fn router(&self) -> &Router {
         self.router.get().expect("router is set at start")
     }
+
+    /// Runs an attempt in the node, or queues it for workers.
+    fn dispatch_task(&self, instance: &str, task: troupe_actors::engine::TaskDispatch) {
+        if self.tasks.runs(&task.task_type) {
+            self.tasks.dispatch(instance, task);
+        } else {
+            self.queues.push(instance, task);
+        }
+    }
+
+    /// Stops an attempt wherever it waits or runs.
+    fn cancel_task(&self, instance: &str, path: &str, attempt: u32) {
+        self.tasks.cancel(instance, path, attempt);
+        self.queues.cancel(instance, path, attempt);
+    }
+
+    /// Refuses new work when the node holds as much as its limits allow.
+    pub fn admit_new_work(&self) -> Result<(), Failure> {
+        let settings = &self.settings;
+        let (live, queued) = (self.live.load(Ordering::Relaxed), self.queues.queued());
+        let refused = if live >= settings.max_live_instances {
+            Some(("live_instances", format!("{live} live instances")))
+        } else if queued >= settings.max_queued_tasks {
+            Some(("queued_tasks", format!("{queued} tasks wait for workers")))
+        } else {
+            None
+        };
+        match refused {
+            None => Ok(()),
+            Some((limit, what)) => {
+                metrics::counter!(crate::metrics::OVERLOADED_TOTAL, "limit" => limit).increment(1);
+                Err(Failure::new(
+                    ErrorCode::Overloaded,
+                    format!("node is at its limit ({what}); retry later"),
+                ))
+            }
+        }
+    }
 }
 
 /// Sends commands to the shard actor owning an instance.
 #[derive(Clone)]
 pub struct Router {
     shards: Arc<Vec<ActorRef<ShardMsg>>>,
+    /// Client commands sent to each shard and not yet answered.
+    pending: Arc<Vec<AtomicUsize>>,
+    max_pending: usize,
+}
+
+/// Counts a client command as pending on its shard until dropped.
+struct Pending<'a>(&'a AtomicUsize);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Router {
@@ -185,10 +247,36 @@ impl Router {
         });
     }
 
-    /// Sends a command and waits until it is durable (or refused).
+    /// Sends a command and waits until it is durable (or refused). When the
+    /// shard already has its limit of commands pending, the command is
+    /// refused as overloaded, except worker reports: they finish work, so
+    /// they are always let through.
     pub async fn call(&self, id: &str, command: Command) -> Result<Applied, Failure> {
+        let index = shard_of(id, self.shards.len() as u32) as usize;
+        let pending = &self.pending[index];
+        let bounded = !matches!(
+            command,
+            Command::Event(
+                EventKind::TaskCompleted { .. }
+                    | EventKind::TaskFailed { .. }
+                    | EventKind::TaskHeartbeat { .. }
+            )
+        );
+        if bounded && pending.load(Ordering::Relaxed) >= self.max_pending {
+            metrics::counter!(crate::metrics::OVERLOADED_TOTAL, "limit" => "shard_pending")
+                .increment(1);
+            return Err(Failure::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "shard {index} has {} commands pending; retry later",
+                    self.max_pending
+                ),
+            ));
+        }
+        pending.fetch_add(1, Ordering::Relaxed);
+        let _pending = Pending(pending);
         let (reply, wait) = oneshot::channel();
-        let shard = &self.shards[shard_of(id, self.shards.len() as u32) as usize];
+        let shard = &self.shards[index];
         shard
             .cast(ShardMsg::Deliver {
                 id: id.to_owned(),
@@ -233,6 +321,8 @@ impl Runtime {
             committer,
             definitions: DefinitionCache::default(),
             settings: settings.clone(),
+            queues: queue::TaskQueues::default(),
+            live: AtomicUsize::new(0),
             router: OnceLock::new(),
             timers: timers::TimerHandle::start(weak.clone(), armed),
             tasks: Arc::new(tasks::TaskRunner::new(weak.clone(), handlers)),
@@ -248,6 +338,8 @@ impl Runtime {
         }
         let _ = services.router.set(Router {
             shards: Arc::new(shard_actors.clone()),
+            pending: Arc::new((0..settings.shards).map(|_| AtomicUsize::new(0)).collect()),
+            max_pending: settings.max_pending_per_shard,
         });
         services.timers.begin();
         let runtime = Self {

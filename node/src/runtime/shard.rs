@@ -7,6 +7,7 @@ use super::{Command, Failure, ReplyTo, Services};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use troupe_protocol::ErrorCode;
 
@@ -96,6 +97,7 @@ impl Actor for ShardActor {
                     // drain: messages already queued are still processed, then it stops.
                     let _ = actor.drain();
                     metrics::gauge!(crate::metrics::INSTANCES_LIVE).decrement(1.0);
+                    state.services.live.fetch_sub(1, Ordering::Relaxed);
                 }
             }
             ShardMsg::Respawn { id } => {
@@ -173,6 +175,7 @@ impl ShardState {
         if self.live.get(&id).is_some_and(|a| a.get_id() == actor) {
             self.live.remove(&id);
             metrics::gauge!(crate::metrics::INSTANCES_LIVE).decrement(1.0);
+            self.services.live.fetch_sub(1, Ordering::Relaxed);
         }
         Some(id)
     }
@@ -233,5 +236,6 @@ async fn spawn(
     state.ids.insert(actor.get_id(), id.to_owned());
     state.live.insert(id.to_owned(), actor.clone());
     metrics::gauge!(crate::metrics::INSTANCES_LIVE).increment(1.0);
+    state.services.live.fetch_add(1, Ordering::Relaxed);
     Ok(actor)
 }

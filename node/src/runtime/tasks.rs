@@ -112,11 +112,9 @@ impl TaskRunner {
         matches!(task_type, "noop" | "http") || self.handlers.handlers.contains_key(task_type)
     }
 
-    /// Starts an attempt; its outcome is delivered to the instance as an event.
+    /// Starts an attempt of a task type it [runs](Self::runs); its outcome
+    /// is delivered to the instance as an event.
     pub fn dispatch(self: &Arc<Self>, instance: &str, task: TaskDispatch) {
-        if !self.runs(&task.task_type) {
-            return;
-        }
         let request = TaskRequest {
             instance: instance.to_owned(),
             path: task.path.clone(),

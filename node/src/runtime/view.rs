@@ -28,6 +28,9 @@ pub fn instance(inst: &Instance) -> Json {
             if let Some(error) = &run.error {
                 step["error"] = json!(error);
             }
+            if let Some(progress) = run.task.as_ref().and_then(|t| t.progress.as_ref()) {
+                step["progress"] = progress.clone();
+            }
             if let Some(c) = &run.compensation {
                 step["compensation_attempts"] = json!(c.attempt);
             }

@@ -4,7 +4,7 @@
 use super::{Error, Result, Store};
 use crate::codec;
 use serde::Serialize;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 use tokio::sync::oneshot;
 
@@ -45,21 +45,39 @@ struct Request {
     done: oneshot::Sender<Result<(), String>>,
 }
 
-/// Handle to the group-commit thread.
+/// Handle to the group-commit thread. When the last handle is dropped the
+/// thread finishes its queue and is joined, so the database it holds is
+/// closed before the process can exit (RocksDB aborts if it is still open
+/// while static destructors run).
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Request>,
+    _thread: Arc<Joined>,
+}
+
+/// Joins the commit thread on drop.
+struct Joined(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Committer {
     /// Starts the commit thread; `sync` fsyncs every batch.
     pub fn start(store: Store, sync: bool, max_batch: usize) -> Self {
         let (tx, rx) = mpsc::channel::<Request>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("troupe-commit".into())
             .spawn(move || run(store, rx, sync, max_batch))
             .expect("spawn commit thread");
-        Self { tx }
+        Self {
+            tx,
+            _thread: Arc::new(Joined(Some(thread))),
+        }
     }
 
     /// Writes `ops` atomically and returns once they are durable.

@@ -50,6 +50,70 @@ passivate-after = "300ms"
     .unwrap()
 }
 
+/// A `troupe-node` process.
+pub struct NodeProcess {
+    pub child: std::process::Child,
+    pub api: Api,
+    pub native: String,
+}
+
+impl NodeProcess {
+    /// Starts `troupe-node --config config` and waits for its addresses.
+    pub fn spawn(config: &Path, log: &Path) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_troupe-node"))
+            .args(["--config", config.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn troupe-node");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut native = String::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("troupe-node native protocol on ") {
+                    native = addr.to_owned();
+                }
+                if let Some(addr) = line.strip_prefix("troupe-node listening on ") {
+                    let _ = tx.send((addr.to_owned(), native.clone()));
+                }
+            }
+        });
+        let (base, native) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("node announces its addresses");
+        Self {
+            child,
+            api: Api::new(&base),
+            native,
+        }
+    }
+
+    /// Resident memory of the process, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status");
+        kb * 1024
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
 /// An in-process node with a client.
 pub struct TestNode {
     pub node: Node,

@@ -179,7 +179,7 @@ fn describe_event(kind: &EventKind) -> String {
     match kind {
         EventKind::Started { id, .. } => format!("started {id}"),
         EventKind::TaskStarted { path, attempt } => format!("task started {path}#{attempt}"),
-        EventKind::TaskHeartbeat { path, attempt } => format!("heartbeat {path}#{attempt}"),
+        EventKind::TaskHeartbeat { path, attempt, .. } => format!("heartbeat {path}#{attempt}"),
         EventKind::TaskCompleted {
             path,
             attempt,

@@ -1,0 +1,364 @@
+//! The native listener: the protocol of `troupe-protocol` over TCP. Each
+//! connection reads frames, runs every request as its own task (so answers
+//! come back in any order, matched by request id) and writes answers through
+//! one writer task. A frame that is oversized or does not decode gets an
+//! error frame (id 0) and the connection is closed; nothing else is
+//! affected. At most `max_inflight` requests run per connection: beyond
+//! that the node stops reading, and the client feels TCP backpressure.
+
+use crate::api::{self, ApiError};
+use crate::runtime::Runtime;
+use crate::workers::{self, Report, Subscription};
+use serde_json::Value as Json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use troupe_protocol::frame::{self, FrameError, LENGTH_BYTES};
+use troupe_protocol::{
+    ClientFrame, ErrorCode, JsonText, ListWorkflows, Request, Response, ServerFrame, WireError,
+};
+
+/// How long a client should wait after an overload answer.
+const RETRY_AFTER_MS: u64 = 200;
+
+/// What every connection shares.
+#[derive(Clone)]
+pub struct NativeState {
+    /// The engine.
+    pub runtime: Runtime,
+    /// This node's id.
+    pub node_id: u64,
+    /// Largest frame accepted.
+    pub max_frame: usize,
+    /// Requests in flight per connection.
+    pub max_inflight: usize,
+}
+
+/// Accepts connections until `stop` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: NativeState,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        metrics::gauge!(crate::metrics::NATIVE_CONNECTIONS).increment(1.0);
+                        if let Err(e) = connection(stream, state).await {
+                            tracing::debug!(%peer, error = %e, "native connection ended");
+                        }
+                        metrics::gauge!(crate::metrics::NATIVE_CONNECTIONS).decrement(1.0);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "native accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Serves one connection until the peer closes it or sends a bad frame.
+async fn connection(stream: TcpStream, state: NativeState) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (mut read, write) = stream.into_split();
+    let (out, outgoing) = mpsc::channel::<ServerFrame>(state.max_inflight.max(16));
+    let writer = tokio::spawn(write_frames(write, outgoing));
+    let inflight = Arc::new(Semaphore::new(state.max_inflight));
+    let mut streams: HashMap<u64, (u64, JoinHandle<()>)> = HashMap::new();
+    let mut buf = Vec::new();
+    let result = loop {
+        let frame = match read_frame(&mut read, &mut buf, state.max_frame).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break Ok(()),
+            Err(ReadError::Io(e)) => break Err(e),
+            Err(ReadError::Frame(e)) => {
+                metrics::counter!(crate::metrics::NATIVE_BAD_FRAMES_TOTAL).increment(1);
+                // Answer what came before the bad frame, then say why we close.
+                let all = u32::try_from(state.max_inflight).unwrap_or(u32::MAX);
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), inflight.acquire_many(all)).await;
+                let error = WireError {
+                    code: e.code().as_str().to_owned(),
+                    message: format!("{e}; closing the connection"),
+                    details: "null".into(),
+                    retry_after_ms: None,
+                };
+                let _ = out
+                    .send(ServerFrame {
+                        id: 0,
+                        response: Response::Error(error),
+                    })
+                    .await;
+                break Ok(());
+            }
+        };
+        let ClientFrame { id, request } = frame;
+        match request {
+            Request::OpenTaskStream {
+                worker,
+                task_types,
+                credit,
+            } => match Subscription::open(&state.runtime, task_types, credit) {
+                Ok(subscription) => {
+                    tracing::debug!(%worker, stream = id, "task stream opened");
+                    let waiter = subscription.id();
+                    let task = tokio::spawn(push_tasks(
+                        state.runtime.clone(),
+                        id,
+                        subscription,
+                        out.clone(),
+                    ));
+                    if let Some((_, old)) = streams.insert(id, (waiter, task)) {
+                        old.abort();
+                    }
+                }
+                Err(e) => {
+                    let _ = out.send(answer(id, Err(e))).await;
+                }
+            },
+            Request::AddCredit { stream, credit } => match streams.get(&stream) {
+                Some((waiter, _)) => {
+                    state.runtime.services.queues.add_credit(*waiter, credit);
+                }
+                None => {
+                    let e = ApiError::new(ErrorCode::NotFound, format!("no task stream {stream}"));
+                    let _ = out.send(answer(id, Err(e))).await;
+                }
+            },
+            request => {
+                let permit = inflight
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore is never closed");
+                let (state, out) = (state.clone(), out.clone());
+                tokio::spawn(async move {
+                    let response = handle(&state, request).await;
+                    let _ = out.send(answer(id, response)).await;
+                    drop(permit);
+                });
+            }
+        }
+    };
+    for (_, (_, task)) in streams {
+        task.abort();
+    }
+    drop(out);
+    let _ = writer.await;
+    result
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Frame(FrameError),
+}
+
+/// Reads one frame; `None` on a clean end of stream between frames.
+async fn read_frame(
+    read: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<Option<ClientFrame>, ReadError> {
+    let mut prefix = [0u8; LENGTH_BYTES];
+    match read.read_exact(&mut prefix).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(ReadError::Io(e)),
+    }
+    let len = frame::frame_len(prefix, max).map_err(ReadError::Frame)?;
+    buf.resize(len, 0);
+    read.read_exact(buf).await.map_err(ReadError::Io)?;
+    let frame: ClientFrame = frame::decode_frame(buf).map_err(ReadError::Frame)?;
+    if frame.id == 0 {
+        let e = troupe_protocol::codec::DecodeError("request id 0 is reserved".into());
+        return Err(ReadError::Frame(FrameError::Body(e)));
+    }
+    Ok(Some(frame))
+}
+
+/// Writes answers, flushing whenever no more are immediately ready.
+async fn write_frames(
+    write: tokio::net::tcp::OwnedWriteHalf,
+    mut outgoing: mpsc::Receiver<ServerFrame>,
+) -> std::io::Result<()> {
+    let mut write = BufWriter::with_capacity(64 << 10, write);
+    while let Some(frame) = outgoing.recv().await {
+        write.write_all(&frame::encode_frame(&frame)).await?;
+        while let Ok(frame) = outgoing.try_recv() {
+            write.write_all(&frame::encode_frame(&frame)).await?;
+        }
+        write.flush().await?;
+    }
+    write.shutdown().await
+}
+
+/// Pushes the attempts a stream's subscription receives, leased one by one.
+async fn push_tasks(
+    runtime: Runtime,
+    stream: u64,
+    mut subscription: Subscription,
+    out: mpsc::Sender<ServerFrame>,
+) {
+    while let Some(task) = subscription.next().await {
+        let mut tasks = vec![task];
+        tasks.extend(std::iter::from_fn(|| subscription.try_next()));
+        let frame = ServerFrame {
+            id: stream,
+            response: Response::Tasks(
+                tasks
+                    .into_iter()
+                    .map(|t| workers::lease(&runtime, t))
+                    .collect(),
+            ),
+        };
+        if out.send(frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn answer(id: u64, result: api::Result<Response>) -> ServerFrame {
+    let response = result.unwrap_or_else(|e| {
+        let retry_after_ms = e.code.is_retryable().then_some(RETRY_AFTER_MS);
+        Response::Error(WireError {
+            code: e.code.as_str().to_owned(),
+            message: e.message,
+            details: e.details.to_string(),
+            retry_after_ms,
+        })
+    });
+    ServerFrame { id, response }
+}
+
+fn json_text(text: &JsonText, what: &str) -> api::Result<Json> {
+    if text.is_empty() {
+        return Ok(Json::Null);
+    }
+    serde_json::from_str(text).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("{what} is not JSON: {e}"),
+        )
+    })
+}
+
+fn json(value: Json) -> api::Result<Response> {
+    Ok(Response::Json(value.to_string()))
+}
+
+/// Runs one request through the same operations as the HTTP listener.
+async fn handle(state: &NativeState, request: Request) -> api::Result<Response> {
+    let rt = &state.runtime;
+    match request {
+        Request::Deploy { source } => {
+            let (created, record) = api::deploy(rt, &source)?;
+            let mut view = api::definition_summary(&record);
+            view["created"] = Json::Bool(created);
+            json(view)
+        }
+        Request::Definitions => json(api::definitions(rt)?),
+        Request::Definition { name, version } => json(api::definition(rt, &name, version)?),
+        Request::Start(start) => {
+            let request = api::StartRequest {
+                definition: start.definition,
+                version: start.version,
+                id: start.id,
+                input: json_text(&start.input, "input")?,
+            };
+            let (created, mut view) = api::start(rt, request).await?;
+            view["created"] = Json::Bool(created);
+            json(view)
+        }
+        Request::Workflow { id } => json(api::workflow(rt, &id)?),
+        Request::History { id } => json(api::history(rt, &id)?),
+        Request::List(ListWorkflows {
+            status,
+            definition,
+            limit,
+            cursor,
+        }) => {
+            let query = api::ListQuery {
+                status,
+                definition,
+                limit: limit.map(|l| l as usize),
+                cursor,
+            };
+            json(api::list(rt, query)?)
+        }
+        Request::Signal {
+            workflow,
+            name,
+            signal_id,
+            payload,
+        } => {
+            let request = api::SignalRequest {
+                id: signal_id,
+                payload: json_text(&payload, "payload")?,
+            };
+            json(api::signal(rt, &workflow, &name, request).await?)
+        }
+        Request::Cancel { workflow, reason } => json(api::cancel(rt, &workflow, reason).await?),
+        Request::Publish {
+            name,
+            event_id,
+            correlation_key,
+            payload,
+        } => {
+            let request = api::EventRequest {
+                id: event_id,
+                correlation_key,
+                payload: json_text(&payload, "payload")?,
+            };
+            json(api::publish(rt, &name, request).await?)
+        }
+        Request::HumanTasks { assignee } => json(api::human_tasks(rt, assignee.as_deref())?),
+        Request::CompleteHumanTask { id, payload } => {
+            let payload = json_text(&payload, "payload")?;
+            json(api::complete_human_task(rt, &id, payload).await?)
+        }
+        Request::Incidents => json(api::incidents(rt)?),
+        Request::SettleIncident { id, retry } => json(api::settle_incident(rt, &id, retry).await?),
+        Request::Cluster => json(api::cluster(rt, state.node_id)),
+        Request::Poll(poll) => {
+            let wait = Duration::from_millis(poll.wait_ms);
+            let tasks = workers::poll(rt, poll.task_types, poll.max, wait).await?;
+            Ok(Response::Tasks(tasks))
+        }
+        Request::CompleteTask { token, output } => {
+            let report = Report::Complete(json_text(&output, "output")?);
+            json(workers::report(rt, &token, report).await?)
+        }
+        Request::FailTask {
+            token,
+            code,
+            message,
+            retryable,
+        } => {
+            let report = Report::Fail {
+                code,
+                message,
+                retryable,
+            };
+            json(workers::report(rt, &token, report).await?)
+        }
+        Request::Heartbeat { token, progress } => {
+            let progress = progress.map(|p| json_text(&p, "progress")).transpose()?;
+            json(workers::report(rt, &token, Report::Heartbeat(progress)).await?)
+        }
+        Request::OpenTaskStream { .. } | Request::AddCredit { .. } => Err(ApiError::new(
+            ErrorCode::Internal,
+            "stream requests are handled by the connection",
+        )),
+    }
+}

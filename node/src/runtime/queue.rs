@@ -1,0 +1,273 @@
+//! Task queues for workers: one FIFO per task type, fed by dispatches of task
+//! types the node does not run itself (and by the outbox on recovery), and
+//! drained by polls and streams, never beyond the credit a worker granted.
+//!
+//! The queues are memory only: the durable copy of every queued attempt is
+//! its `outbox` entry, which recovery puts back here after a restart.
+
+use super::now_millis;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+use troupe_actors::engine::{Millis, TaskDispatch};
+
+/// An attempt waiting for (or handed to) a worker.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// Instance id.
+    pub instance: String,
+    /// The attempt.
+    pub dispatch: TaskDispatch,
+    /// When its start-to-close timeout ends (the lease's end).
+    pub lease_deadline: Millis,
+}
+
+/// Where a waiter receives the attempts handed to it.
+pub type Inbox = mpsc::UnboundedSender<Queued>;
+
+/// A poll or stream waiting for tasks.
+struct Waiter {
+    id: u64,
+    task_types: Vec<String>,
+    credit: u32,
+    inbox: Inbox,
+}
+
+#[derive(Default)]
+struct Inner {
+    queues: HashMap<String, VecDeque<Queued>>,
+    waiters: Vec<Waiter>,
+    queued: usize,
+    next_waiter: u64,
+}
+
+impl Inner {
+    /// Hands queued attempts to the waiter at `index` while it has credit.
+    fn feed(&mut self, index: usize) {
+        let waiter = &mut self.waiters[index];
+        for task_type in &waiter.task_types {
+            let Some(queue) = self.queues.get_mut(task_type) else {
+                continue;
+            };
+            while waiter.credit > 0 {
+                let Some(task) = queue.pop_front() else { break };
+                self.queued -= 1;
+                waiter.credit -= 1;
+                if let Err(returned) = waiter.inbox.send(task) {
+                    queue.push_front(returned.0);
+                    self.queued += 1;
+                    waiter.credit = 0;
+                }
+            }
+        }
+    }
+}
+
+/// The queues of one node.
+#[derive(Default)]
+pub struct TaskQueues {
+    inner: Mutex<Inner>,
+}
+
+impl TaskQueues {
+    /// Queues an attempt, or hands it straight to a waiter with credit.
+    pub fn push(&self, instance: &str, dispatch: TaskDispatch) {
+        let lease_deadline = now_millis() + dispatch.start_to_close_ms;
+        let mut task = Queued {
+            instance: instance.to_owned(),
+            dispatch,
+            lease_deadline,
+        };
+        let mut inner = self.inner.lock().expect("queue lock");
+        let task_type = task.dispatch.task_type.clone();
+        // Rotate through the waiters so that workers share the load.
+        let count = inner.waiters.len();
+        for _ in 0..count {
+            let waiter = inner.waiters.remove(0);
+            let serves = waiter.credit > 0 && waiter.task_types.contains(&task_type);
+            inner.waiters.push(waiter);
+            if !serves {
+                continue;
+            }
+            let waiter = inner.waiters.last_mut().expect("just pushed");
+            match waiter.inbox.send(task) {
+                Ok(()) => {
+                    waiter.credit -= 1;
+                    return;
+                }
+                Err(returned) => {
+                    waiter.credit = 0;
+                    task = returned.0;
+                }
+            }
+        }
+        inner.queues.entry(task_type).or_default().push_back(task);
+        inner.queued += 1;
+        metrics::gauge!(crate::metrics::TASKS_QUEUED).set(inner.queued as f64);
+    }
+
+    /// Removes a queued attempt that should no longer run. An attempt already
+    /// handed out is not recalled: its late result is ignored by the engine.
+    pub fn cancel(&self, instance: &str, path: &str, attempt: u32) {
+        let mut inner = self.inner.lock().expect("queue lock");
+        let mut removed = 0;
+        for queue in inner.queues.values_mut() {
+            let before = queue.len();
+            queue.retain(|t| {
+                !(t.instance == instance
+                    && t.dispatch.path == path
+                    && t.dispatch.attempt == attempt)
+            });
+            removed += before - queue.len();
+        }
+        inner.queued -= removed;
+    }
+
+    /// Registers a waiter for `task_types` with `credit`; it is fed at once
+    /// from what is queued.
+    pub fn register(&self, task_types: Vec<String>, credit: u32, inbox: Inbox) -> u64 {
+        let mut inner = self.inner.lock().expect("queue lock");
+        inner.next_waiter += 1;
+        let id = inner.next_waiter;
+        inner.waiters.push(Waiter {
+            id,
+            task_types,
+            credit,
+            inbox,
+        });
+        let index = inner.waiters.len() - 1;
+        inner.feed(index);
+        metrics::gauge!(crate::metrics::TASKS_QUEUED).set(inner.queued as f64);
+        id
+    }
+
+    /// Grants a waiter more credit and feeds it.
+    pub fn add_credit(&self, waiter: u64, credit: u32) -> bool {
+        let mut inner = self.inner.lock().expect("queue lock");
+        let Some(index) = inner.waiters.iter().position(|w| w.id == waiter) else {
+            return false;
+        };
+        let w = &mut inner.waiters[index];
+        w.credit = w.credit.saturating_add(credit);
+        inner.feed(index);
+        metrics::gauge!(crate::metrics::TASKS_QUEUED).set(inner.queued as f64);
+        true
+    }
+
+    /// Removes a waiter; attempts it received but never passed on go back to
+    /// the front of their queues.
+    pub fn unregister(&self, waiter: u64, undelivered: Vec<Queued>) {
+        let mut inner = self.inner.lock().expect("queue lock");
+        inner.waiters.retain(|w| w.id != waiter);
+        for task in undelivered.into_iter().rev() {
+            inner
+                .queues
+                .entry(task.dispatch.task_type.clone())
+                .or_default()
+                .push_front(task);
+            inner.queued += 1;
+        }
+        let waiting: Vec<usize> = (0..inner.waiters.len()).collect();
+        for index in waiting {
+            inner.feed(index);
+        }
+        metrics::gauge!(crate::metrics::TASKS_QUEUED).set(inner.queued as f64);
+    }
+
+    /// Attempts waiting for a worker.
+    pub fn queued(&self) -> usize {
+        self.inner.lock().expect("queue lock").queued
+    }
+}
+
+/// Tokens name an attempt in complete, fail and heartbeat calls: the
+/// instance id, task path and attempt, hex-encoded so they fit in a URL.
+pub mod token {
+    /// The token of an attempt.
+    pub fn encode(instance: &str, path: &str, attempt: u32) -> String {
+        let plain = format!("{instance}\n{path}\n{attempt}");
+        plain.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The attempt a token names, if it is well formed.
+    pub fn decode(token: &str) -> Option<(String, String, u32)> {
+        if !token.len().is_multiple_of(2) || token.len() > 2048 {
+            return None;
+        }
+        let bytes = (0..token.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        let plain = String::from_utf8(bytes).ok()?;
+        let mut parts = plain.splitn(3, '\n');
+        let instance = parts.next()?.to_owned();
+        let path = parts.next()?.to_owned();
+        let attempt = parts.next()?.parse().ok()?;
+        Some((instance, path, attempt))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn dispatch(task_type: &str, path: &str) -> TaskDispatch {
+        TaskDispatch {
+            path: path.into(),
+            task_type: task_type.into(),
+            attempt: 1,
+            input: json!(null),
+            idempotency_key: format!("i/{path}/1"),
+            start_to_close_ms: 1000,
+            heartbeat_ms: None,
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_garbage_is_refused() {
+        let token = token::encode("order 1/x", "fulfil/0/reserve", 3);
+        assert_eq!(
+            token::decode(&token),
+            Some(("order 1/x".into(), "fulfil/0/reserve".into(), 3))
+        );
+        for bad in ["", "zz", "abc", "6869", &"00".repeat(2000)] {
+            assert_eq!(token::decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn waiters_get_no_more_than_their_credit() {
+        let queues = TaskQueues::default();
+        for n in 0..5 {
+            queues.push("i", dispatch("a", &format!("s{n}")));
+        }
+        queues.push("i", dispatch("b", "other"));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let waiter = queues.register(vec!["a".into()], 2, tx);
+        let got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].dispatch.path, "s0");
+        assert_eq!(queues.queued(), 4);
+        assert!(queues.add_credit(waiter, 10));
+        let more: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(more.len(), 3, "only type a");
+        queues.push("i", dispatch("a", "late"));
+        assert_eq!(rx.try_recv().unwrap().dispatch.path, "late");
+        queues.unregister(waiter, got);
+        assert_eq!(queues.queued(), 3, "undelivered attempts are queued again");
+    }
+
+    #[test]
+    fn cancelled_attempts_leave_the_queue() {
+        let queues = TaskQueues::default();
+        queues.push("i", dispatch("a", "s"));
+        queues.push("j", dispatch("a", "s"));
+        queues.cancel("i", "s", 1);
+        queues.cancel("i", "s", 2);
+        assert_eq!(queues.queued(), 1);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        queues.register(vec!["a".into()], 5, tx);
+        assert_eq!(rx.try_recv().unwrap().instance, "j");
+    }
+}
