@@ -9,7 +9,7 @@ SHELL := /bin/bash
 
 ## run: start a local node with the examples deployed and print where to look
 run: deps
-	$(CARGO) build --release -p troupe-node -p troupe-cli
+	$(CARGO) build --release --workspace --bins --examples
 	@bash scripts/run-node.sh
 
 ## simulate: dry-run every example through the engine, printing the timelines

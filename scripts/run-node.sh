@@ -33,8 +33,12 @@ Or with curl:
   curl -s -XPOST http://$addr/v1/workflows -d '{"definition":"hello","id":"hello-3","input":{"name":"Cy"}}'
   curl -s http://$addr/v1/workflows/hello-3/history
 
-The other examples (order-fulfillment, ...) call task types served by workers;
-dry-run them offline with: make simulate
+The other examples (order-fulfillment, ...) call task types served by workers.
+Start one, then start orders:
+  cargo run --release -p troupe-client --example order_worker -- 127.0.0.1:7070
+  python3 examples/workers/order_worker.py http://$addr
+  $bin/troupe start order-fulfillment --id order-1 --input @examples/inputs/order-fulfillment.json
+Dry-run any example offline with: make simulate
 Stop with Ctrl-C.
 TXT
 wait $node

@@ -351,3 +351,38 @@ async fn queued_tasks_wait_for_workers_across_a_restart_of_polls() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_to_start_timeout_withdraws_the_queued_attempt() {
+    let t = TestNode::start().await;
+    t.api
+        .deploy(
+            r#"
+name: nobody
+version: 1
+steps:
+  - id: wait-for-worker
+    task: rare.job
+    timeout: { start_to_close: 1m, schedule_to_start: 200ms }
+    retry: { max_attempts: 1 }
+"#,
+        )
+        .await;
+    t.api.start("nobody", "lonely-1", json!({})).await;
+    let failed = t.api.wait_status("lonely-1", "failed").await;
+    assert_eq!(
+        failed["error"]["code"], "schedule_to_start_timeout",
+        "{failed:#}"
+    );
+    let client = Client::connect(t.node.native_addr().to_string())
+        .await
+        .unwrap();
+    let late = client
+        .poll("w", &["rare.job"], 1, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(
+        late.is_empty(),
+        "the timed-out attempt left the queue: {late:?}"
+    );
+}
