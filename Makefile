@@ -5,7 +5,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: run simulate test deps build fmt lint unit clean
+.PHONY: run simulate test bench deps build fmt lint unit clean
 
 ## run: start a local node with the examples deployed and print where to look
 run: deps
@@ -16,6 +16,12 @@ run: deps
 simulate: deps
 	$(CARGO) build --release -p troupe-cli
 	@bash scripts/run-examples.sh $${CARGO_TARGET_DIR:-target}/release/troupe
+
+## bench: the standard benchmark suite (release build, about 3 minutes of
+## load); writes docs/benchmarks.md and bench/results/latest.json
+bench: deps
+	$(CARGO) build --release --workspace --bins --examples
+	$${CARGO_TARGET_DIR:-target}/release/troupe-bench suite
 
 ## test: fmt and clippy checks, then the whole test suite
 test: deps lint unit

@@ -1,2 +1,177 @@
-//! `troupe-bench`: load generator and report writer (grows with the node).
-fn main() {}
+//! `troupe-bench`: load-tests a Troupe node and reports what it measured.
+//!
+//! `troupe-bench run` runs one scenario against a node it starts itself
+//! (fresh data dir, durability on) or a running node; `troupe-bench suite`
+//! runs the standard set and writes `docs/benchmarks.md`.
+
+mod load;
+mod report;
+mod scenario;
+mod target;
+
+use clap::{Parser, Subcommand};
+use load::Mode;
+use scenario::Scenario;
+use std::path::PathBuf;
+use std::time::Duration;
+use target::Target;
+use troupe_client::{Client, Worker};
+
+#[derive(Parser)]
+#[command(name = "troupe-bench", about = "Load-test a Troupe node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// What each workflow does.
+    #[arg(long, value_enum, default_value = "noop")]
+    scenario: Scenario,
+    /// Closed loop: workflows in flight.
+    #[arg(long, conflicts_with = "rate")]
+    concurrency: Option<usize>,
+    /// Open loop: starts per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Measured time.
+    #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+    duration: Duration,
+    /// Time before measuring.
+    #[arg(long, default_value = "2s", value_parser = humantime_duration)]
+    warmup: Duration,
+    /// Stop after this many workflows.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Load a running node at this native address instead of starting one.
+    #[arg(long, requires = "http")]
+    native: Option<String>,
+    /// HTTP base URL of that node (for its metrics).
+    #[arg(long)]
+    http: Option<String>,
+    /// Shards of the node this harness starts.
+    #[arg(long, default_value_t = 16)]
+    shards: u32,
+    /// Client connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Write the JSON result here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs one scenario.
+    Run(RunArgs),
+    /// Runs the standard suite and updates docs/benchmarks.md.
+    Suite {
+        /// Where to write the markdown summary.
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        markdown: PathBuf,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench/results/latest.json")]
+        json: PathBuf,
+        /// Shorter runs (for a smoke test).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn humantime_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) =
+        text.split_at(text.find(|c: char| c.is_alphabetic()).unwrap_or(text.len()));
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("bad duration unit in {text:?}")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Run(args) => {
+            let result = run(&args).await?;
+            println!("{}", report::markdown_row_header());
+            println!("{}", report::markdown_row(&result));
+            if let Some(out) = &args.out {
+                std::fs::write(out, serde_json::to_string_pretty(&result)?)?;
+            }
+        }
+        Cmd::Suite {
+            markdown,
+            json,
+            quick,
+        } => report::suite(&markdown, &json, quick).await?,
+    }
+    Ok(())
+}
+
+/// Runs one scenario and returns its JSON result.
+async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
+    let target = match (&args.native, &args.http) {
+        (Some(native), Some(http)) => Target::remote(native.clone(), http.clone()),
+        _ => Target::spawn(args.shards, "")?,
+    };
+    let scenario = args.scenario;
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        clients.push(Client::connect(target.native.clone()).await?);
+    }
+    clients[0].deploy(&scenario.definition()).await?;
+    if let Some(task_type) = scenario.worker_task() {
+        for w in 0..2 {
+            let worker = Worker::new(&clients[0], &format!("bench-{w}"))
+                .concurrency(512)
+                .handle(task_type, |task| async move { Ok(task.input) });
+            tokio::spawn(worker.run());
+        }
+    }
+    let mode = match (args.concurrency, args.rate) {
+        (_, Some(rate)) => Mode::Open(rate),
+        (c, None) => Mode::Closed(c.unwrap_or(1)),
+    };
+    let before_metrics = target.metrics().await.unwrap_or_default();
+    let before_cpu = target.cpu_seconds();
+    let before_rss = target.rss();
+    let prefix = format!("{}-{}", scenario.name(), std::process::id());
+    eprintln!("{} {:?}", scenario.name(), mode);
+    let tally = load::run(
+        &clients,
+        scenario,
+        &mode,
+        args.warmup,
+        args.duration,
+        args.count,
+        &prefix,
+    )
+    .await;
+    eprintln!();
+    if scenario == Scenario::Timers {
+        // Let the waiting instances passivate before measuring memory.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let after_metrics = target.metrics().await.unwrap_or_default();
+    let after_cpu = target.cpu_seconds();
+    let after_rss = target.rss();
+    Ok(report::result(
+        scenario,
+        &mode,
+        args,
+        &tally,
+        report::NodeSide {
+            before_metrics,
+            after_metrics,
+            cpu: before_cpu.zip(after_cpu).map(|(a, b)| b - a),
+            rss_before: before_rss,
+            rss_after: after_rss,
+        },
+    ))
+}

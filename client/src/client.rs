@@ -187,6 +187,16 @@ impl Client {
         self.json(Request::Workflow { id }, true).await
     }
 
+    /// The instance's view once it has ended, waiting up to `wait` (at
+    /// most 60 s); after that the view shows its current status.
+    pub async fn result(&self, id: &str, wait: Duration) -> Result<Json, Error> {
+        let request = Request::AwaitWorkflow {
+            id: id.to_owned(),
+            wait_ms: wait.as_millis() as u64,
+        };
+        self.json(request, true).await
+    }
+
     /// An instance's history.
     pub async fn history(&self, id: &str) -> Result<Json, Error> {
         let id = id.to_owned();

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use std::sync::atomic::{AtomicU64, Ordering};
 use troupe_actors::definition;
-use troupe_actors::engine::EventKind;
+use troupe_actors::engine::{EventKind, InstanceStatus};
 use troupe_protocol::{ErrorCode, shard_of, stable_hash};
 
 /// An API error: a stable code, a message and optional details.
@@ -442,4 +442,20 @@ pub async fn settle_incident(rt: &Runtime, incident_id: &str, retry: bool) -> Re
 pub fn cluster(rt: &Runtime, node_id: u64) -> Json {
     let shards = rt.services.settings.shards;
     json!({"nodes": [{"id": node_id, "status": "up", "shards": shards}], "shards": shards})
+}
+
+/// An instance's view once it has ended, waiting up to `wait` for that; the
+/// view says `status` either way.
+pub async fn await_workflow(rt: &Runtime, id: &str, wait: std::time::Duration) -> Result<Json> {
+    let ended = rt.services.finished.wait(id);
+    let view = workflow(rt, id)?;
+    let terminal = serde_json::from_value::<InstanceStatus>(view["status"].clone())
+        .is_ok_and(InstanceStatus::is_terminal);
+    if terminal || wait.is_zero() {
+        rt.services.finished.forget_closed(id);
+        return Ok(view);
+    }
+    let _ = tokio::time::timeout(wait.min(std::time::Duration::from_secs(60)), ended).await;
+    rt.services.finished.forget_closed(id);
+    workflow(rt, id)
 }

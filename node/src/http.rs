@@ -92,6 +92,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/workflows", post(start).get(list))
         .route("/v1/workflows/{id}", get(workflow))
         .route("/v1/workflows/{id}/history", get(history))
+        .route("/v1/workflows/{id}/result", get(result))
         .route("/v1/workflows/{id}/signals/{name}", post(signal))
         .route("/v1/workflows/{id}/cancel", post(cancel))
         .route("/v1/events/{name}", post(publish))
@@ -168,6 +169,25 @@ async fn list(
 
 async fn workflow(State(s): State<AppState>, Path(id): Path<String>) -> Reply {
     ok(StatusCode::OK, api::workflow(&s.runtime, &id)?)
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn result(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<WaitQuery>, QueryRejection>,
+) -> Reply {
+    let wait = std::time::Duration::from_millis(query(q)?.wait_ms);
+    ok(
+        StatusCode::OK,
+        api::await_workflow(&s.runtime, &id, wait).await?,
+    )
 }
 
 async fn history(State(s): State<AppState>, Path(id): Path<String>) -> Reply {

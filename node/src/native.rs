@@ -356,6 +356,9 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
             let progress = progress.map(|p| json_text(&p, "progress")).transpose()?;
             json(workers::report(rt, &token, Report::Heartbeat(progress)).await?)
         }
+        Request::AwaitWorkflow { id, wait_ms } => {
+            json(api::await_workflow(rt, &id, Duration::from_millis(wait_ms)).await?)
+        }
         Request::OpenTaskStream { .. } | Request::AddCredit { .. } => Err(ApiError::new(
             ErrorCode::Internal,
             "stream requests are handled by the connection",

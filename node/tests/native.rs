@@ -98,11 +98,16 @@ async fn client_operations_pipeline_on_one_connection() {
         .await
         .unwrap();
     assert_eq!(signal["duplicate"], false);
-    let done = common::eventually(10, "hi-7 completes", || async {
-        let view = client.workflow("hi-7").await.unwrap();
-        (view["status"] == "completed").then_some(view)
-    })
-    .await;
+    let waiting = client
+        .result("hi-9", Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(waiting["status"], "waiting");
+    let done = client
+        .result("hi-7", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed");
     assert_eq!(done["output"], json!({"n": 7}));
     let history = client.history("hi-7").await.unwrap();
     let kinds: Vec<&str> = history["events"]

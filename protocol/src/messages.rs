@@ -159,6 +159,14 @@ pub enum Request {
         /// Progress to show on the step.
         progress: Option<JsonText>,
     },
+    /// `GET /v1/workflows/{id}/result?wait_ms=`: the instance's view once it
+    /// has ended, or after `wait_ms` (at most 60 s) with its current status.
+    AwaitWorkflow {
+        /// Instance id.
+        id: String,
+        /// Longest wait, milliseconds.
+        wait_ms: u64,
+    },
 }
 
 /// `POST /v1/workflows` body.

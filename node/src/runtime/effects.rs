@@ -189,6 +189,7 @@ pub(super) fn perform(services: &Services, record: &InstanceRecord, effects: Vec
             } => {
                 metrics::counter!(crate::metrics::WORKFLOWS_FINISHED_TOTAL, "definition" => record.state.definition.clone(), "status" => status.as_str())
                     .increment(1);
+                services.finished.notify(id);
                 if let Some(parent) = &record.parent {
                     notify_parent(services, parent, status, output, error);
                 }

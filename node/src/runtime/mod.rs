@@ -135,6 +135,43 @@ impl DefinitionCache {
     }
 }
 
+/// Callers waiting for instances to reach a terminal state.
+#[derive(Default)]
+pub struct FinishWaiters {
+    waiting: std::sync::Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+}
+
+impl FinishWaiters {
+    /// A receiver that resolves when `id` ends (register before reading the
+    /// instance's status, so that no ending falls between the two).
+    pub fn wait(&self, id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut waiting = self.waiting.lock().expect("waiters lock");
+        let list = waiting.entry(id.to_owned()).or_default();
+        list.retain(|tx| !tx.is_closed());
+        list.push(tx);
+        rx
+    }
+
+    /// Forgets the waiters of `id` that gave up.
+    pub fn forget_closed(&self, id: &str) {
+        let mut waiting = self.waiting.lock().expect("waiters lock");
+        if let Some(list) = waiting.get_mut(id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                waiting.remove(id);
+            }
+        }
+    }
+
+    fn notify(&self, id: &str) {
+        let list = self.waiting.lock().expect("waiters lock").remove(id);
+        for tx in list.into_iter().flatten() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// Runtime settings taken from the config.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -168,6 +205,8 @@ pub struct Services {
     pub queues: queue::TaskQueues,
     /// Instance actors in memory.
     pub live: AtomicUsize,
+    /// Callers waiting for instances to end.
+    pub finished: FinishWaiters,
     router: OnceLock<Router>,
     timers: timers::TimerHandle,
     tasks: Arc<tasks::TaskRunner>,
@@ -323,6 +362,7 @@ impl Runtime {
             settings: settings.clone(),
             queues: queue::TaskQueues::default(),
             live: AtomicUsize::new(0),
+            finished: FinishWaiters::default(),
             router: OnceLock::new(),
             timers: timers::TimerHandle::start(weak.clone(), armed),
             tasks: Arc::new(tasks::TaskRunner::new(weak.clone(), handlers)),

@@ -1,0 +1,150 @@
+//! The node under load: one this harness starts (fresh data dir, durability
+//! on) or one already running, and what can be read about it from outside.
+
+use anyhow::{Context, bail};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A node to load.
+pub struct Target {
+    /// Native protocol address.
+    pub native: String,
+    /// HTTP base URL.
+    pub http: String,
+    child: Option<Child>,
+    dir: Option<PathBuf>,
+}
+
+impl Target {
+    /// Starts `troupe-node` (found beside this binary) on a temporary data
+    /// dir with `sync = true`, plus any extra TOML.
+    pub fn spawn(shards: u32, extra_toml: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "troupe-bench-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "node-id = 1\ndata-dir = \"{}\"\nhttp-addr = \"127.0.0.1:0\"\nnative-addr = \"127.0.0.1:0\"\nshards = {shards}\n\
+                 [storage]\nsync = true\n[engine]\npassivate-after = \"2s\"\n{extra_toml}",
+                dir.join("data").display()
+            ),
+        )?;
+        let exe = std::env::current_exe()?;
+        let node = exe.with_file_name("troupe-node");
+        let mut child = Command::new(&node)
+            .args(["--config", config.to_str().unwrap_or_default()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("node.log"))?)
+            .spawn()
+            .with_context(|| format!("starting {}", node.display()))?;
+        let stdout = child.stdout.take().context("node stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut native = String::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("troupe-node native protocol on ") {
+                    native = addr.to_owned();
+                }
+                if let Some(http) = line.strip_prefix("troupe-node listening on ") {
+                    let _ = tx.send((native.clone(), http.to_owned()));
+                }
+            }
+        });
+        let Ok((native, http)) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            bail!(
+                "troupe-node did not start; see {}",
+                dir.join("node.log").display()
+            );
+        };
+        Ok(Self {
+            native,
+            http,
+            child: Some(child),
+            dir: Some(dir),
+        })
+    }
+
+    /// A node already running.
+    pub fn remote(native: String, http: String) -> Self {
+        Self {
+            native,
+            http,
+            child: None,
+            dir: None,
+        }
+    }
+
+    /// CPU seconds used so far by the node process (when we started it).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let pid = self.child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / 100.0)
+    }
+
+    /// Resident memory now and at its peak, bytes.
+    pub fn rss(&self) -> Option<(u64, u64)> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb = |key: &str| -> Option<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        };
+        Some((kb("VmRSS:")? * 1024, kb("VmHWM:")? * 1024))
+    }
+
+    /// The node's Prometheus metrics.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("{}/metrics", self.http))
+            .await?
+            .text()
+            .await?)
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Sums a metric's samples whose labels contain every `(key, value)`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let (metric_name, rest) = key.split_once('{').unwrap_or((key, ""));
+            (metric_name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}

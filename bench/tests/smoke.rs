@@ -1,0 +1,76 @@
+//! The harness end to end against a node it starts (the debug build): each
+//! kind of scenario runs, and its correctness check holds. Figures are not
+//! asserted here; `make bench` measures them on a release build.
+
+use serde_json::Value;
+use std::process::Command;
+
+fn run(args: &[&str]) -> Value {
+    let out = std::env::temp_dir().join(format!(
+        "troupe-bench-smoke-{}-{}.json",
+        std::process::id(),
+        args.join("-").replace(['/', ' '], "_")
+    ));
+    let status = Command::new(env!("CARGO_BIN_EXE_troupe-bench"))
+        .args(["run", "--warmup", "0s", "--duration", "30s"])
+        .args(args)
+        .args(["--out", out.to_str().unwrap()])
+        .status()
+        .expect("run troupe-bench");
+    assert!(status.success(), "troupe-bench {args:?} failed");
+    let result = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let _ = std::fs::remove_file(out);
+    result
+}
+
+#[test]
+fn scenarios_run_and_every_instance_ends_exactly_once() {
+    for (scenario, count) in [
+        ("noop", "300"),
+        ("workers", "200"),
+        ("saga", "100"),
+        ("fanout", "50"),
+        ("signal", "100"),
+    ] {
+        let r = run(&[
+            "--scenario",
+            scenario,
+            "--concurrency",
+            "16",
+            "--count",
+            count,
+        ]);
+        let c = &r["correctness"];
+        assert_eq!(c["ok"], true, "{scenario}: {r:#}");
+        assert_eq!(
+            c["started"].as_u64(),
+            Some(count.parse().unwrap()),
+            "{scenario}"
+        );
+        assert!(
+            r["latency_ms"]["p50"].as_f64().unwrap() > 0.0,
+            "{scenario}: {r:#}"
+        );
+        assert!(
+            r["transitions_per_s"].as_f64().unwrap() > 0.0,
+            "{scenario}: {r:#}"
+        );
+    }
+}
+
+#[test]
+fn open_loop_and_waiting_instances_report_memory() {
+    let r = run(&["--scenario", "noop", "--rate", "200", "--count", "200"]);
+    assert_eq!(r["load"]["mode"], "open");
+    assert_eq!(r["correctness"]["ok"], true, "{r:#}");
+    let t = run(&[
+        "--scenario",
+        "timers",
+        "--concurrency",
+        "32",
+        "--count",
+        "2000",
+    ]);
+    assert_eq!(t["correctness"]["ok"], true, "{t:#}");
+    assert!(t["memory_per_waiting_instance_bytes"].is_u64(), "{t:#}");
+}
