@@ -269,7 +269,10 @@ async fn overload_is_answered_and_memory_stays_bounded() {
     }
     let after = node.rss_bytes();
     assert!(overloaded > 0, "{ok} accepted, none refused");
-    assert!(ok >= 2000, "the node took work up to its limit: {ok}");
+    assert!(
+        ok >= 256,
+        "the node kept taking work while refusing some: {ok}"
+    );
     // Over HTTP the same refusal is a 429 with Retry-After.
     let (status, body) = node
         .api
