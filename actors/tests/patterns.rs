@@ -447,9 +447,23 @@ steps:
                 ],
                 Running,
             ),
-            (Started("a"), &["arm Heartbeat a#2 +10000ms"], Running),
+            (
+                Started("a"),
+                &[
+                    "arm Heartbeat a#2 +10000ms",
+                    "arm StartToClose a#2 +30000ms",
+                ],
+                Running,
+            ),
             (Advance(4000), &[], Running),
-            (Heartbeat("a"), &["arm Heartbeat a#2 +10000ms"], Running),
+            (
+                Heartbeat("a"),
+                &[
+                    "arm Heartbeat a#2 +10000ms",
+                    "arm StartToClose a#2 +30000ms",
+                ],
+                Running,
+            ),
             (
                 Fire(TimerKind::Heartbeat, "a"),
                 &["cancel a#2", "arm Retry a#2 +2000ms"],
@@ -464,7 +478,14 @@ steps:
                 ],
                 Running,
             ),
-            (Started("a"), &["arm Heartbeat a#3 +10000ms"], Running),
+            (
+                Started("a"),
+                &[
+                    "arm Heartbeat a#3 +10000ms",
+                    "arm StartToClose a#3 +30000ms",
+                ],
+                Running,
+            ),
             (
                 Fire(TimerKind::StartToClose, "a"),
                 &["cancel a#3", "arm Retry a#3 +4000ms"],
@@ -502,6 +523,48 @@ fn a_heartbeat_keeps_a_stale_heartbeat_timer_from_firing() {
     let outcome = sim.apply(EventKind::TimerFired { timer: first });
     assert!(outcome.ignored.is_some(), "deadline moved by the heartbeat");
     assert_eq!(sim.step_status("a"), StepStatus::Running);
+}
+
+#[test]
+fn pickup_and_heartbeats_extend_the_lease() {
+    let yaml = "name: lease\nversion: 1\nsteps:\n  - { id: a, task: t, timeout: 10s, retry: { max_attempts: 1 } }\n";
+    let mut sim = Sim::start(load(yaml), json!({}));
+    let lease = TimerId {
+        kind: TimerKind::StartToClose,
+        path: "a".into(),
+        attempt: 1,
+    };
+    sim.now += 5_000; // picked up after 5 s in the queue: the lease starts now
+    sim.apply(EventKind::TaskStarted {
+        path: "a".into(),
+        attempt: 1,
+    });
+    sim.now += 7_000; // 12 s after dispatch, 7 s into the lease
+    sim.apply(EventKind::TaskHeartbeat {
+        path: "a".into(),
+        attempt: 1,
+        progress: None,
+    });
+    let early = sim.apply(EventKind::TimerFired {
+        timer: lease.clone(),
+    });
+    assert!(early.ignored.is_some(), "the dispatch-time arming is stale");
+    sim.now += 9_000; // 9 s after the heartbeat: still within the lease
+    assert!(
+        sim.apply(EventKind::TimerFired {
+            timer: lease.clone()
+        })
+        .ignored
+        .is_some()
+    );
+    assert_eq!(sim.step_status("a"), StepStatus::Running);
+    sim.now += 1_000; // 10 s after the last heartbeat
+    let outcome = sim.apply(EventKind::TimerFired { timer: lease });
+    assert!(outcome.ignored.is_none());
+    assert_eq!(
+        sim.inst.error.as_ref().unwrap().code,
+        START_TO_CLOSE_TIMEOUT
+    );
 }
 
 const SAGA: &str = r#"

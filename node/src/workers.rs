@@ -9,7 +9,7 @@
 
 use crate::api::{ApiError, Result};
 use crate::runtime::queue::{Queued, token};
-use crate::runtime::{Applied, Command, Runtime, Services, now_millis};
+use crate::runtime::{Applied, Command, Runtime, Services};
 use serde_json::{Value as Json, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,13 +80,10 @@ fn check_task_types(task_types: &[String]) -> Result<()> {
 }
 
 /// Leases an attempt to a worker: tells the instance it started (journaled,
-/// and ordered before any report about it) and builds the assignment.
+/// and ordered before any report about it; this starts a fresh lease of
+/// `start_to_close`) and builds the assignment.
 pub fn lease(rt: &Runtime, task: Queued) -> TaskAssignment {
-    let Queued {
-        instance,
-        dispatch,
-        lease_deadline,
-    } = task;
+    let Queued { instance, dispatch } = task;
     rt.router().cast(
         &instance,
         Command::Event(EventKind::TaskStarted {
@@ -104,7 +101,7 @@ pub fn lease(rt: &Runtime, task: Queued) -> TaskAssignment {
         attempt: dispatch.attempt,
         idempotency_key: dispatch.idempotency_key,
         input: dispatch.input.to_string(),
-        lease_ms: lease_deadline.saturating_sub(now_millis()),
+        lease_ms: dispatch.start_to_close_ms,
         heartbeat_ms: dispatch.heartbeat_ms,
     }
 }

@@ -386,3 +386,38 @@ steps:
         "the timed-out attempt left the queue: {late:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_extend_the_lease_past_start_to_close() {
+    let t = TestNode::start().await;
+    t.api
+        .deploy(
+            "name: lease\nversion: 1\nsteps:\n  - { id: a, task: long.job, timeout: 600ms, retry: { max_attempts: 1 } }\n",
+        )
+        .await;
+    t.api.start("lease", "lease-1", json!({})).await;
+    let client = Client::connect(t.node.native_addr().to_string())
+        .await
+        .unwrap();
+    let task = client
+        .poll("w", &["long.job"], 1, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(task.lease_ms, 600);
+    // Work for 1.5 s, well past one lease, heartbeating every 200 ms.
+    for n in 0..7 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let beat = client
+            .heartbeat(&task.token, Some(&json!({"step": n})))
+            .await
+            .unwrap();
+        assert_eq!(beat["accepted"], true, "heartbeat {n}: {beat}");
+    }
+    let done = client
+        .complete(&task.token, &json!({"ok": true}))
+        .await
+        .unwrap();
+    assert_eq!(done["accepted"], true, "{done}");
+    t.api.wait_status("lease-1", "completed").await;
+}

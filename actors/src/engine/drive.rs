@@ -249,6 +249,7 @@ impl<'a> Machine<'a> {
                     series_start: 1,
                     phase: TaskPhase::Scheduled,
                     heartbeat_deadline: None,
+                    lease_deadline: None,
                     progress: None,
                 });
                 match self.task_input(path, false) {

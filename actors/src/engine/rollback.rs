@@ -142,6 +142,7 @@ impl Machine<'_> {
             series_start: 1,
             phase: TaskPhase::Scheduled,
             heartbeat_deadline: None,
+            lease_deadline: None,
             progress: None,
         });
         let spec = &self

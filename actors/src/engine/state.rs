@@ -137,6 +137,10 @@ pub struct TaskProgress {
     pub phase: TaskPhase,
     /// When the running attempt times out for lack of heartbeats.
     pub heartbeat_deadline: Option<Millis>,
+    /// When the attempt's lease (start-to-close) ends: set at dispatch,
+    /// renewed when a worker picks the attempt up and on every heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_deadline: Option<Millis>,
     /// Progress from the attempt's last heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<serde_json::Value>,

@@ -90,10 +90,7 @@ impl<'a> Machine<'a> {
             start_to_close_ms: start_to_close,
             heartbeat_ms: spec.timeouts.heartbeat.map(|d| d.as_millis() as u64),
         }));
-        self.effects.push(Effect::ArmTimer {
-            timer: timer(TimerKind::StartToClose),
-            at: self.now + start_to_close,
-        });
+        self.renew_lease(task_path, attempt);
         if let Some(d) = spec.timeouts.schedule_to_start {
             let at = self.now + d.as_millis() as u64;
             self.effects.push(Effect::ArmTimer {
@@ -135,6 +132,7 @@ impl<'a> Machine<'a> {
         };
         self.effects.push(Effect::CancelTimer { timer });
         self.touch_heartbeat(task_path, attempt);
+        self.renew_lease(task_path, attempt);
         Ok(())
     }
 
@@ -154,7 +152,26 @@ impl<'a> Machine<'a> {
             return self.task_started(task_path, attempt);
         }
         self.touch_heartbeat(task_path, attempt);
+        self.renew_lease(task_path, attempt);
         Ok(())
+    }
+
+    /// Starts or extends an attempt's lease: its start-to-close deadline
+    /// moves to now + `start_to_close`. Runs at dispatch, when a worker picks
+    /// the attempt up, and on every heartbeat.
+    fn renew_lease(&mut self, task_path: &str, attempt: u32) {
+        let (step_path, compensation) = split(task_path);
+        let spec = self.spec(step_path, compensation);
+        let at = self.now + spec.timeouts.start_to_close.as_millis() as u64;
+        if let Ok(progress) = self.progress(step_path, compensation) {
+            progress.lease_deadline = Some(at);
+        }
+        let timer = TimerId {
+            kind: TimerKind::StartToClose,
+            path: task_path.to_owned(),
+            attempt,
+        };
+        self.effects.push(Effect::ArmTimer { timer, at });
     }
 
     /// Pushes the heartbeat deadline of a running attempt forward.
@@ -249,9 +266,14 @@ impl<'a> Machine<'a> {
             return Err(format!("timer {timer} is stale"));
         }
         let (phase, deadline) = (progress.phase, progress.heartbeat_deadline);
+        let lease = progress.lease_deadline;
         let code = match (timer.kind, phase) {
             (TimerKind::Retry, TaskPhase::Backoff) => return self.next_attempt(task_path),
-            (TimerKind::StartToClose, p) if p.in_flight() => START_TO_CLOSE_TIMEOUT,
+            (TimerKind::StartToClose, p)
+                if p.in_flight() && lease.is_none_or(|d| d <= self.now) =>
+            {
+                START_TO_CLOSE_TIMEOUT
+            }
             (TimerKind::ScheduleToStart, TaskPhase::Scheduled) => SCHEDULE_TO_START_TIMEOUT,
             (TimerKind::Heartbeat, TaskPhase::Running)
                 if deadline.is_some_and(|d| d <= self.now) =>

@@ -5,11 +5,10 @@
 //! The queues are memory only: the durable copy of every queued attempt is
 //! its `outbox` entry, which recovery puts back here after a restart.
 
-use super::now_millis;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use tokio::sync::mpsc;
-use troupe_actors::engine::{Millis, TaskDispatch};
+use troupe_actors::engine::TaskDispatch;
 
 /// An attempt waiting for (or handed to) a worker.
 #[derive(Debug, Clone)]
@@ -18,8 +17,6 @@ pub struct Queued {
     pub instance: String,
     /// The attempt.
     pub dispatch: TaskDispatch,
-    /// When its start-to-close timeout ends (the lease's end).
-    pub lease_deadline: Millis,
 }
 
 /// Where a waiter receives the attempts handed to it.
@@ -72,11 +69,9 @@ pub struct TaskQueues {
 impl TaskQueues {
     /// Queues an attempt, or hands it straight to a waiter with credit.
     pub fn push(&self, instance: &str, dispatch: TaskDispatch) {
-        let lease_deadline = now_millis() + dispatch.start_to_close_ms;
         let mut task = Queued {
             instance: instance.to_owned(),
             dispatch,
-            lease_deadline,
         };
         let mut inner = self.inner.lock().expect("queue lock");
         let task_type = task.dispatch.task_type.clone();
