@@ -17,7 +17,7 @@ done
 
 cat <<TXT
 
-Troupe is running: http://$addr   (metrics: http://$addr/metrics)
+Troupe is running: http://$addr   (metrics: http://$addr/metrics; native protocol: 127.0.0.1:7070)
 Deployed: $(curl -s "http://$addr/v1/definitions" | tr -d '\n' | grep -o '"name":"[^"]*"' | cut -d'"' -f4 | sort -u | tr '\n' ' ')
 
 Try (the CLI is $bin/troupe; add --json for scripts):

@@ -82,6 +82,7 @@ pub fn deploy(rt: &Runtime, source: &str) -> Result<(bool, DefinitionRecord)> {
         keys::definition(&def.name, def.version),
         &record,
     )])?;
+    rt.services.definitions.deployed(&def.name, def.version);
     Ok((true, record))
 }
 
@@ -173,10 +174,8 @@ pub async fn start(rt: &Runtime, request: StartRequest) -> Result<(bool, Json)> 
     let version = match request.version {
         Some(v) => v,
         None => services
-            .store
-            .definition_versions(&request.definition)?
-            .last()
-            .map(|d| d.version)
+            .definitions
+            .latest(&services.store, &request.definition)?
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::DefinitionNotFound,

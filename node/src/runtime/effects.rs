@@ -284,11 +284,7 @@ pub(super) fn latest_version(
     services: &Services,
     name: &str,
 ) -> Result<Option<u32>, super::Failure> {
-    Ok(services
-        .store
-        .definition_versions(name)?
-        .last()
-        .map(|d| d.version))
+    services.definitions.latest(&services.store, name)
 }
 
 /// Redoes the outbox of an instance after a crash: runs its task attempts

@@ -99,13 +99,34 @@ pub enum Command {
 /// Reply channel of a command.
 pub type ReplyTo = oneshot::Sender<Result<Applied, Failure>>;
 
-/// Definitions parsed once and shared by every instance of a version.
+/// Definitions parsed once and shared by every instance of a version, and
+/// the latest version of each name (so starts need no storage scan).
 #[derive(Default)]
 pub struct DefinitionCache {
     parsed: RwLock<HashMap<(String, u32), Arc<Definition>>>,
+    latest: RwLock<HashMap<String, u32>>,
 }
 
 impl DefinitionCache {
+    /// The latest deployed version of `name`.
+    pub fn latest(&self, store: &Store, name: &str) -> Result<Option<u32>, Failure> {
+        if let Some(v) = self.latest.read().expect("cache lock").get(name) {
+            return Ok(Some(*v));
+        }
+        let latest = store.definition_versions(name)?.last().map(|d| d.version);
+        if let Some(v) = latest {
+            self.deployed(name, v);
+        }
+        Ok(latest)
+    }
+
+    /// Records that `name` v`version` was deployed.
+    pub fn deployed(&self, name: &str, version: u32) {
+        let mut latest = self.latest.write().expect("cache lock");
+        let entry = latest.entry(name.to_owned()).or_insert(version);
+        *entry = (*entry).max(version);
+    }
+
     /// The parsed definition `name` v`version`, loading it from the store.
     pub fn get(
         &self,
