@@ -65,6 +65,21 @@ struct RunArgs {
 enum Cmd {
     /// Runs one scenario.
     Run(RunArgs),
+    /// Raises the open-loop rate until p99 passes the SLO or a backlog
+    /// builds (fewer completions than arrivals): the knee.
+    Sweep {
+        #[command(flatten)]
+        run: RunArgs,
+        /// p99 start-to-complete latency objective, milliseconds.
+        #[arg(long, default_value_t = 25.0)]
+        slo_ms: f64,
+        /// First rate, workflows/s.
+        #[arg(long, default_value_t = 250.0)]
+        start_rate: f64,
+        /// Factor between rates.
+        #[arg(long, default_value_t = 1.25)]
+        factor: f64,
+    },
     /// Runs the standard suite and updates docs/benchmarks.md.
     Suite {
         /// Where to write the markdown summary.
@@ -94,6 +109,9 @@ fn humantime_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -105,6 +123,22 @@ async fn main() -> anyhow::Result<()> {
                 std::fs::write(out, serde_json::to_string_pretty(&result)?)?;
             }
         }
+        Cmd::Sweep {
+            run,
+            slo_ms,
+            start_rate,
+            factor,
+        } => {
+            let (knee, results) = sweep(&run, slo_ms, start_rate, factor).await?;
+            println!("{}", report::markdown_row_header());
+            for r in &results {
+                println!("{}", report::markdown_row(r));
+            }
+            println!("knee: {knee} workflows/s within p99 {slo_ms} ms");
+            if let Some(out) = &run.out {
+                std::fs::write(out, serde_json::to_string_pretty(&results)?)?;
+            }
+        }
         Cmd::Suite {
             markdown,
             json,
@@ -112,6 +146,33 @@ async fn main() -> anyhow::Result<()> {
         } => report::suite(&markdown, &json, quick).await?,
     }
     Ok(())
+}
+
+/// Open-loop runs at rising rates; returns the highest rate that kept p99
+/// within `slo_ms` with no backlog, and every run.
+async fn sweep(
+    base: &RunArgs,
+    slo_ms: f64,
+    start_rate: f64,
+    factor: f64,
+) -> anyhow::Result<(f64, Vec<serde_json::Value>)> {
+    let (mut rate, mut knee, mut results) = (start_rate, 0.0, Vec::new());
+    loop {
+        let mut args = base.clone();
+        args.rate = Some(rate.round());
+        args.concurrency = None;
+        let r = run(&args).await?;
+        let p99 = r["latency_ms"]["p99"].as_f64().unwrap_or(f64::MAX);
+        let achieved = r["workflows_per_s"].as_f64().unwrap_or(0.0);
+        let errors = r["errors"].as_object().is_some_and(|e| !e.is_empty());
+        let kept_up = achieved >= 0.9 * rate.round() && !errors;
+        results.push(r);
+        if p99 > slo_ms || !kept_up {
+            return Ok((knee, results));
+        }
+        knee = rate.round();
+        rate *= factor.max(1.01);
+    }
 }
 
 /// Runs one scenario and returns its JSON result.

@@ -9,38 +9,51 @@ use crate::store::{
 use troupe_actors::engine::{Effect, ErrorInfo, Event, EventKind, InstanceStatus, Millis};
 use troupe_protocol::ErrorCode;
 
-/// Storage ops of a transition: journal entry, snapshot, and every side record
-/// the effects create or remove, so they all land in one atomic batch.
+/// One journaled event of a transition; `inline` marks a `noop` completion
+/// applied in the same transition as its dispatch (it never had an outbox
+/// entry).
+pub(super) struct Journaled {
+    pub event: Event,
+    pub inline: bool,
+}
+
+/// Storage ops of a transition (one or more events applied together):
+/// journal entries, the snapshot, and every side record the effects create
+/// or remove, so they all land in one atomic batch.
 pub(super) fn ops(
     services: &Services,
     shard: u32,
     record: &InstanceRecord,
-    event: &Event,
+    journal: &[Journaled],
     effects: &[Effect],
 ) -> Vec<Op> {
     let id = record.state.id.as_str();
-    let now = event.at;
-    let seq = record.state.events_applied;
-    let mut ops = vec![
-        Op::put(keys::JOURNAL, keys::journal(shard, id, seq), event),
-        Op::put(keys::INSTANCES, id, record),
-    ];
-    match &event.kind {
-        EventKind::TimerFired { timer } => {
-            ops.push(Op::delete(keys::TIMERS, keys::pair(id, &timer.to_string())))
+    let now = journal.last().map_or(0, |j| j.event.at);
+    let first_seq = record.state.events_applied + 1 - journal.len() as u64;
+    let mut ops = Vec::with_capacity(journal.len() * 2 + effects.len() + 1);
+    for (n, entry) in journal.iter().enumerate() {
+        let seq = first_seq + n as u64;
+        ops.push(Op::put(keys::JOURNAL, keys::journal(shard, id, seq), &entry.event));
+        match &entry.event.kind {
+            EventKind::TimerFired { timer } => {
+                ops.push(Op::delete(keys::TIMERS, keys::pair(id, &timer.to_string())))
+            }
+            EventKind::HumanCompleted { path, .. } | EventKind::ChildEnded { path, .. } => {
+                ops.push(Op::delete(
+                    keys::HUMAN_TASKS,
+                    keys::short_id("human", id, path),
+                ));
+                ops.push(Op::delete(keys::OUTBOX, keys::pair(id, path)));
+            }
+            EventKind::TaskCompleted { path, .. } | EventKind::TaskFailed { path, .. }
+                if !entry.inline =>
+            {
+                ops.push(Op::delete(keys::OUTBOX, keys::pair(id, path)));
+            }
+            _ => {}
         }
-        EventKind::HumanCompleted { path, .. } | EventKind::ChildEnded { path, .. } => {
-            ops.push(Op::delete(
-                keys::HUMAN_TASKS,
-                keys::short_id("human", id, path),
-            ));
-            ops.push(Op::delete(keys::OUTBOX, keys::pair(id, path)));
-        }
-        EventKind::TaskCompleted { path, .. } | EventKind::TaskFailed { path, .. } => {
-            ops.push(Op::delete(keys::OUTBOX, keys::pair(id, path)));
-        }
-        _ => {}
     }
+    ops.push(Op::put(keys::INSTANCES, id, record));
     for effect in effects {
         match effect {
             Effect::DispatchTask(task) => {
@@ -146,6 +159,42 @@ pub(super) fn ops(
         }
     }
     ops
+}
+
+/// Drops the timeouts of attempts completed inline: they were armed by the
+/// dispatch in this same transition (timer ids name the attempt, so no
+/// earlier copy is stored) and withdrawn by the completion, so neither the
+/// arming nor the withdrawal needs storing.
+pub(super) fn net_out(effects: Vec<Effect>, journal: &[Journaled]) -> Vec<Effect> {
+    let inline = |timer: &troupe_actors::engine::TimerId| {
+        journal.iter().any(|j| {
+            j.inline
+                && matches!(&j.event.kind, EventKind::TaskCompleted { path, attempt, .. }
+                    if *path == timer.path && *attempt == timer.attempt)
+        })
+    };
+    let cancelled_after = |i: usize, timer: &troupe_actors::engine::TimerId| {
+        effects[i + 1..]
+            .iter()
+            .position(|e| matches!(e, Effect::CancelTimer { timer: t } if t == timer))
+            .map(|p| p + i + 1)
+    };
+    let mut dropped = vec![false; effects.len()];
+    for (i, effect) in effects.iter().enumerate() {
+        match effect {
+            Effect::ArmTimer { timer, .. } if inline(timer) => {
+                dropped[i] = cancelled_after(i, timer).is_some();
+            }
+            // Never stored: armed (if at all) and withdrawn right here.
+            Effect::CancelTimer { timer } if inline(timer) => dropped[i] = true,
+            _ => {}
+        }
+    }
+    effects
+        .into_iter()
+        .zip(dropped)
+        .filter_map(|(e, d)| (!d).then_some(e))
+        .collect()
 }
 
 /// Carries out the effects of a durable transition.
