@@ -210,8 +210,10 @@ pub async fn start(rt: &Runtime, request: StartRequest) -> Result<(bool, Json)> 
             },
         )
         .await?;
-    let created = matches!(applied, Applied::Done);
-    Ok((created, workflow(rt, &id)?))
+    match applied {
+        Applied::Started { created, view } => Ok((created, view)),
+        other => Ok((matches!(other, Applied::Done), workflow(rt, &id)?)),
+    }
 }
 
 /// An instance as stored (its last durable state).
@@ -454,7 +456,10 @@ pub async fn await_workflow(rt: &Runtime, id: &str, wait: std::time::Duration) -
         rt.services.finished.forget_closed(id);
         return Ok(view);
     }
-    let _ = tokio::time::timeout(wait.min(std::time::Duration::from_secs(60)), ended).await;
+    let waited = tokio::time::timeout(wait.min(std::time::Duration::from_secs(60)), ended).await;
     rt.services.finished.forget_closed(id);
-    workflow(rt, id)
+    match waited {
+        Ok(Ok(view)) => Ok(view),
+        _ => workflow(rt, id),
+    }
 }

@@ -238,7 +238,9 @@ pub(super) fn perform(services: &Services, record: &InstanceRecord, effects: Vec
             } => {
                 metrics::counter!(crate::metrics::WORKFLOWS_FINISHED_TOTAL, "definition" => record.state.definition.clone(), "status" => status.as_str())
                     .increment(1);
-                services.finished.notify(id);
+                services
+                    .finished
+                    .notify(id, || super::view::instance(&record.state));
                 if let Some(parent) = &record.parent {
                     notify_parent(services, parent, status, output, error);
                 }

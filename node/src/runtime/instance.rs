@@ -155,7 +155,18 @@ async fn execute(state: &mut WorkflowState, command: Command) -> Result<Applied,
             definition,
             input,
             parent,
-        } => start(state, definition, input, parent).await,
+        } => {
+            let created = match start(state, definition, input, parent).await? {
+                Applied::Done => true,
+                Applied::Existing => false,
+                other => return Ok(other),
+            };
+            let record = state.record.as_ref().expect("started");
+            Ok(Applied::Started {
+                created,
+                view: super::view::instance(&record.state),
+            })
+        }
         Command::Event(kind) => {
             if state.record.is_none() {
                 return Err(Failure::new(

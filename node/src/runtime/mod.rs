@@ -74,6 +74,14 @@ pub enum Applied {
     Done,
     /// An instance with this id already exists with the same definition and input.
     Existing,
+    /// The answer to a start: whether it created the instance, and its view
+    /// (rendered by the actor, so the caller needs no read).
+    Started {
+        /// `false` when the instance already existed.
+        created: bool,
+        /// The instance's view after the start.
+        view: Json,
+    },
     /// The event changed nothing (duplicate, stale, not applicable), with why.
     Ignored(String),
 }
@@ -159,13 +167,13 @@ impl DefinitionCache {
 /// Callers waiting for instances to reach a terminal state.
 #[derive(Default)]
 pub struct FinishWaiters {
-    waiting: std::sync::Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    waiting: std::sync::Mutex<HashMap<String, Vec<oneshot::Sender<Json>>>>,
 }
 
 impl FinishWaiters {
     /// A receiver that resolves when `id` ends (register before reading the
     /// instance's status, so that no ending falls between the two).
-    pub fn wait(&self, id: &str) -> oneshot::Receiver<()> {
+    pub fn wait(&self, id: &str) -> oneshot::Receiver<Json> {
         let (tx, rx) = oneshot::channel();
         let mut waiting = self.waiting.lock().expect("waiters lock");
         let list = waiting.entry(id.to_owned()).or_default();
@@ -185,10 +193,14 @@ impl FinishWaiters {
         }
     }
 
-    fn notify(&self, id: &str) {
-        let list = self.waiting.lock().expect("waiters lock").remove(id);
-        for tx in list.into_iter().flatten() {
-            let _ = tx.send(());
+    /// Hands the final view (rendered only if someone waits) to the waiters.
+    fn notify(&self, id: &str, view: impl FnOnce() -> Json) {
+        let Some(list) = self.waiting.lock().expect("waiters lock").remove(id) else {
+            return;
+        };
+        let view = view();
+        for tx in list {
+            let _ = tx.send(view.clone());
         }
     }
 }
