@@ -8,7 +8,7 @@
 //! `accepted: false`.
 
 use crate::api::{ApiError, Result};
-use crate::runtime::queue::{Queued, token};
+use crate::runtime::queue::{PendingStarts, Queued, token};
 use crate::runtime::{Applied, Command, Runtime, Services};
 use serde_json::{Value as Json, json};
 use std::sync::Arc;
@@ -84,13 +84,18 @@ fn check_task_types(task_types: &[String]) -> Result<()> {
 /// `start_to_close`) and builds the assignment.
 pub fn lease(rt: &Runtime, task: Queued) -> TaskAssignment {
     let Queued { instance, dispatch } = task;
-    rt.router().cast(
-        &instance,
-        Command::Event(EventKind::TaskStarted {
-            path: dispatch.path.clone(),
-            attempt: dispatch.attempt,
-        }),
-    );
+    if PendingStarts::can_defer(&dispatch) {
+        let pending = &rt.services.pending_starts;
+        pending.add(&instance, &dispatch.path, dispatch.attempt);
+    } else {
+        rt.router().cast(
+            &instance,
+            Command::Event(EventKind::TaskStarted {
+                path: dispatch.path.clone(),
+                attempt: dispatch.attempt,
+            }),
+        );
+    }
     metrics::counter!(crate::metrics::TASKS_LEASED_TOTAL, "task_type" => dispatch.task_type.clone())
         .increment(1);
     TaskAssignment {
@@ -182,6 +187,13 @@ pub async fn report(rt: &Runtime, task_token: &str, report: Report) -> Result<Js
     let unknown = || ApiError::new(ErrorCode::TaskNotFound, "unknown task token");
     let (instance, path, attempt) = token::decode(task_token).ok_or_else(unknown)?;
     let kind = report.kind();
+    let mut events = Vec::with_capacity(2);
+    if rt.services.pending_starts.take(&instance, &path, attempt) {
+        events.push(EventKind::TaskStarted {
+            path: path.clone(),
+            attempt,
+        });
+    }
     let event = match report {
         Report::Complete(output) => EventKind::TaskCompleted {
             path,
@@ -212,7 +224,8 @@ pub async fn report(rt: &Runtime, task_token: &str, report: Report) -> Result<Js
             progress,
         },
     };
-    let applied = match rt.router().call(&instance, Command::Event(event)).await {
+    events.push(event);
+    let applied = match rt.router().call(&instance, Command::Report(events)).await {
         Err(f) if f.code == ErrorCode::WorkflowNotFound => return Err(unknown()),
         other => other?,
     };

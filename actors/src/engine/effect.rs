@@ -66,6 +66,9 @@ pub struct TaskDispatch {
     pub start_to_close_ms: u64,
     /// Heartbeat timeout, milliseconds.
     pub heartbeat_ms: Option<u64>,
+    /// Schedule-to-start timeout, milliseconds.
+    #[serde(default)]
+    pub schedule_to_start_ms: Option<u64>,
 }
 
 /// Something for the shell to do.

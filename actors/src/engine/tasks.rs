@@ -89,6 +89,10 @@ impl<'a> Machine<'a> {
             idempotency_key: format!("{}/{task_path}/{attempt}", self.inst.id),
             start_to_close_ms: start_to_close,
             heartbeat_ms: spec.timeouts.heartbeat.map(|d| d.as_millis() as u64),
+            schedule_to_start_ms: spec
+                .timeouts
+                .schedule_to_start
+                .map(|d| d.as_millis() as u64),
         }));
         self.renew_lease(task_path, attempt);
         if let Some(d) = spec.timeouts.schedule_to_start {
@@ -100,12 +104,16 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// Withdraws an attempt's timeouts (only those its step configures).
     fn cancel_attempt_timers(&mut self, task_path: &str, attempt: u32) {
-        for kind in [
-            TimerKind::StartToClose,
-            TimerKind::ScheduleToStart,
-            TimerKind::Heartbeat,
-        ] {
+        let (step_path, compensation) = split(task_path);
+        let timeouts = &self.spec(step_path, compensation).timeouts;
+        let configured = [
+            (TimerKind::StartToClose, true),
+            (TimerKind::ScheduleToStart, timeouts.schedule_to_start.is_some()),
+            (TimerKind::Heartbeat, timeouts.heartbeat.is_some()),
+        ];
+        for (kind, _) in configured.into_iter().filter(|(_, armed)| *armed) {
             let timer = TimerId {
                 kind,
                 path: task_path.to_owned(),
@@ -125,12 +133,14 @@ impl<'a> Machine<'a> {
         if !compensation {
             self.run_mut(step_path)?.status = StepStatus::Running;
         }
-        let timer = TimerId {
-            kind: TimerKind::ScheduleToStart,
-            path: task_path.to_owned(),
-            attempt,
-        };
-        self.effects.push(Effect::CancelTimer { timer });
+        if self.spec(step_path, compensation).timeouts.schedule_to_start.is_some() {
+            let timer = TimerId {
+                kind: TimerKind::ScheduleToStart,
+                path: task_path.to_owned(),
+                attempt,
+            };
+            self.effects.push(Effect::CancelTimer { timer });
+        }
         self.touch_heartbeat(task_path, attempt);
         self.renew_lease(task_path, attempt);
         Ok(())

@@ -161,10 +161,11 @@ pub(super) fn ops(
     ops
 }
 
-/// Drops the timeouts of attempts completed inline: they were armed by the
-/// dispatch in this same transition (timer ids name the attempt, so no
-/// earlier copy is stored) and withdrawn by the completion, so neither the
-/// arming nor the withdrawal needs storing.
+/// Drops timer work that cancels out within one transition: a timer armed
+/// and then withdrawn needs no arming (the withdrawal stays, for any copy
+/// stored earlier). For attempts completed inline, the withdrawal goes too:
+/// their timers were first armed by the dispatch in this same transition
+/// (timer ids name the attempt, so no earlier copy is stored).
 pub(super) fn net_out(effects: Vec<Effect>, journal: &[Journaled]) -> Vec<Effect> {
     let inline = |timer: &troupe_actors::engine::TimerId| {
         journal.iter().any(|j| {
@@ -182,9 +183,7 @@ pub(super) fn net_out(effects: Vec<Effect>, journal: &[Journaled]) -> Vec<Effect
     let mut dropped = vec![false; effects.len()];
     for (i, effect) in effects.iter().enumerate() {
         match effect {
-            Effect::ArmTimer { timer, .. } if inline(timer) => {
-                dropped[i] = cancelled_after(i, timer).is_some();
-            }
+            Effect::ArmTimer { timer, .. } => dropped[i] = cancelled_after(i, timer).is_some(),
             // Never stored: armed (if at all) and withdrawn right here.
             Effect::CancelTimer { timer } if inline(timer) => dropped[i] = true,
             _ => {}

@@ -174,7 +174,16 @@ async fn execute(state: &mut WorkflowState, command: Command) -> Result<Applied,
                     format!("no workflow {}", state.args.id),
                 ));
             }
-            transition(state, kind).await
+            transition(state, vec![kind]).await
+        }
+        Command::Report(kinds) => {
+            if state.record.is_none() {
+                return Err(Failure::new(
+                    ErrorCode::WorkflowNotFound,
+                    format!("no workflow {}", state.args.id),
+                ));
+            }
+            transition(state, kinds).await
         }
         Command::Recover => {
             if state.record.is_some() && !state.args.recover {
@@ -225,10 +234,10 @@ async fn start(
     state.definition = Some(definition);
     let result = transition(
         state,
-        EventKind::Started {
+        vec![EventKind::Started {
             id: state.args.id.clone(),
             input,
-        },
+        }],
     )
     .await;
     if result.is_err() {
@@ -241,25 +250,35 @@ async fn start(
 /// through the task runner like any builtin.
 const MAX_INLINE: usize = 64;
 
-async fn transition(state: &mut WorkflowState, kind: EventKind) -> Result<Applied, Failure> {
+/// Applies `kinds` in order and commits what applied in one batch. The
+/// answer is about the last event: `Ignored` when it changed nothing.
+async fn transition(state: &mut WorkflowState, kinds: Vec<EventKind>) -> Result<Applied, Failure> {
     let services = state.args.services.clone();
     let def = state.definition.clone().expect("loaded with the record");
     let record = state.record.as_mut().expect("checked by caller");
-    let event = Event {
-        at: effects::event_time(record.state.updated_at),
-        kind,
-    };
     let before = record.state.status;
-    let is_start = matches!(event.kind, EventKind::Started { .. });
-    let outcome = apply(&def, &mut record.state, &event);
-    if let Some(reason) = outcome.ignored {
-        return Ok(Applied::Ignored(reason));
+    let is_start = matches!(kinds.first(), Some(EventKind::Started { .. }));
+    let mut journal = Vec::with_capacity(kinds.len());
+    let mut effects = Vec::new();
+    let mut last_ignored = None;
+    for kind in kinds {
+        let event = Event {
+            at: effects::event_time(record.state.updated_at),
+            kind,
+        };
+        let outcome = apply(&def, &mut record.state, &event);
+        last_ignored = outcome.ignored;
+        if last_ignored.is_none() {
+            journal.push(effects::Journaled {
+                event,
+                inline: false,
+            });
+            effects.extend(outcome.effects);
+        }
     }
-    let mut journal = vec![effects::Journaled {
-        event,
-        inline: false,
-    }];
-    let mut effects = outcome.effects;
+    if journal.is_empty() {
+        return Ok(Applied::Ignored(last_ignored.unwrap_or_default()));
+    }
     complete_noops_inline(&def, &mut record.state, &mut journal, &mut effects);
     let effects = effects::net_out(effects, &journal);
     let ops = effects::ops(&services, state.args.shard, record, &journal, &effects);
@@ -272,7 +291,7 @@ async fn transition(state: &mut WorkflowState, kind: EventKind) -> Result<Applie
         crate::metrics::status_moved((!is_start).then_some(before), after);
     }
     effects::perform(&services, record, effects);
-    Ok(Applied::Done)
+    Ok(last_ignored.map_or(Applied::Done, Applied::Ignored))
 }
 
 /// A `noop` attempt's outcome is known the moment it is dispatched (its

@@ -100,6 +100,10 @@ pub enum Command {
     },
     /// Apply an event to an existing instance.
     Event(EventKind),
+    /// A worker's report, preceded by the attempt's deferred `TaskStarted`
+    /// when it has not been applied yet; all applied in one commit. The
+    /// answer is about the last event.
+    Report(Vec<EventKind>),
     /// Load the instance and redo what may have been lost in a crash.
     Recover,
 }
@@ -240,6 +244,8 @@ pub struct Services {
     pub live: AtomicUsize,
     /// Callers waiting for instances to end.
     pub finished: FinishWaiters,
+    /// Leased attempts whose start is deferred to their report.
+    pub pending_starts: queue::PendingStarts,
     router: OnceLock<Router>,
     timers: timers::TimerHandle,
     tasks: Arc<tasks::TaskRunner>,
@@ -326,14 +332,7 @@ impl Router {
     pub async fn call(&self, id: &str, command: Command) -> Result<Applied, Failure> {
         let index = shard_of(id, self.shards.len() as u32) as usize;
         let pending = &self.pending[index];
-        let bounded = !matches!(
-            command,
-            Command::Event(
-                EventKind::TaskCompleted { .. }
-                    | EventKind::TaskFailed { .. }
-                    | EventKind::TaskHeartbeat { .. }
-            )
-        );
+        let bounded = !matches!(command, Command::Report(_));
         if bounded && pending.load(Ordering::Relaxed) >= self.max_pending {
             metrics::counter!(crate::metrics::OVERLOADED_TOTAL, "limit" => "shard_pending")
                 .increment(1);
@@ -370,6 +369,21 @@ impl Router {
     }
 }
 
+/// Applies deferred starts whose report has not come within the delay.
+async fn apply_deferred_starts(services: std::sync::Weak<Services>) {
+    let mut tick = tokio::time::interval(queue::START_DELAY / 5);
+    loop {
+        tick.tick().await;
+        let Some(services) = services.upgrade() else {
+            return;
+        };
+        for (instance, path, attempt) in services.pending_starts.due() {
+            let started = EventKind::TaskStarted { path, attempt };
+            services.router().cast(&instance, Command::Event(started));
+        }
+    }
+}
+
 /// The running engine: shard actors, timers and tasks.
 #[derive(Clone)]
 pub struct Runtime {
@@ -396,6 +410,7 @@ impl Runtime {
             queues: queue::TaskQueues::default(),
             live: AtomicUsize::new(0),
             finished: FinishWaiters::default(),
+            pending_starts: queue::PendingStarts::default(),
             router: OnceLock::new(),
             timers: timers::TimerHandle::start(weak.clone(), armed),
             tasks: Arc::new(tasks::TaskRunner::new(weak.clone(), handlers)),
@@ -415,6 +430,7 @@ impl Runtime {
             max_pending: settings.max_pending_per_shard,
         });
         services.timers.begin();
+        tokio::spawn(apply_deferred_starts(Arc::downgrade(&services)));
         let runtime = Self {
             services,
             shard_actors,

@@ -175,6 +175,58 @@ impl TaskQueues {
     }
 }
 
+/// Attempts leased to workers whose `TaskStarted` is not applied yet.
+///
+/// Journaling `TaskStarted` at every lease would cost a commit per task.
+/// When the step has no schedule-to-start or heartbeat timeout (which need
+/// it at once), the start waits here: the worker's report carries it into
+/// the same commit, and an attempt still unreported after [`START_DELAY`]
+/// has its start applied on its own, renewing its lease from about then.
+#[derive(Default)]
+pub struct PendingStarts {
+    pending: Mutex<HashMap<(String, String, u32), std::time::Instant>>,
+}
+
+/// Longest wait before a deferred start is applied on its own.
+pub const START_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl PendingStarts {
+    /// Whether an attempt's start can wait for its report.
+    pub fn can_defer(dispatch: &TaskDispatch) -> bool {
+        dispatch.heartbeat_ms.is_none()
+            && dispatch.schedule_to_start_ms.is_none()
+            && dispatch.start_to_close_ms >= 4 * START_DELAY.as_millis() as u64
+    }
+
+    /// Records a leased attempt.
+    pub fn add(&self, instance: &str, path: &str, attempt: u32) {
+        self.pending.lock().expect("starts lock").insert(
+            (instance.to_owned(), path.to_owned(), attempt),
+            std::time::Instant::now(),
+        );
+    }
+
+    /// Takes an attempt's deferred start, if it is still pending.
+    pub fn take(&self, instance: &str, path: &str, attempt: u32) -> bool {
+        let key = (instance.to_owned(), path.to_owned(), attempt);
+        self.pending.lock().expect("starts lock").remove(&key).is_some()
+    }
+
+    /// Takes the starts that waited longer than [`START_DELAY`].
+    pub fn due(&self) -> Vec<(String, String, u32)> {
+        let mut pending = self.pending.lock().expect("starts lock");
+        let due: Vec<_> = pending
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= START_DELAY)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &due {
+            pending.remove(key);
+        }
+        due
+    }
+}
+
 /// Tokens name an attempt in complete, fail and heartbeat calls: the
 /// instance id, task path and attempt, hex-encoded so they fit in a URL.
 pub mod token {
@@ -216,6 +268,7 @@ mod tests {
             idempotency_key: format!("i/{path}/1"),
             start_to_close_ms: 1000,
             heartbeat_ms: None,
+            schedule_to_start_ms: None,
         }
     }
 
