@@ -14,6 +14,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+/// The CEL standard library, built once: building it is far costlier than
+/// most evaluations.
+fn stdlib() -> Arc<cel::Env> {
+    static ENV: std::sync::OnceLock<Arc<cel::Env>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| Arc::new(cel::Env::stdlib())).clone()
+}
+
 /// A compiled CEL expression with its source.
 #[derive(Clone)]
 pub struct Expr {
@@ -58,7 +65,7 @@ impl Expr {
 
     /// Evaluates against `scope`, converting the result to JSON.
     pub fn eval(&self, scope: &dyn Scope) -> Result<Json, String> {
-        let mut ctx = Context::default();
+        let mut ctx = Context::with_env(stdlib());
         scope.visit(&mut |name, value| ctx.add_variable_from_value(name, json_to_cel(value)));
         let value = self.program.execute(&ctx).map_err(|e| e.to_string())?;
         cel_to_json(&value)

@@ -232,8 +232,14 @@ impl PendingStarts {
 pub mod token {
     /// The token of an attempt.
     pub fn encode(instance: &str, path: &str, attempt: u32) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let plain = format!("{instance}\n{path}\n{attempt}");
-        plain.bytes().map(|b| format!("{b:02x}")).collect()
+        let mut out = String::with_capacity(plain.len() * 2);
+        for b in plain.bytes() {
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
+        }
+        out
     }
 
     /// The attempt a token names, if it is well formed.
