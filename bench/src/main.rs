@@ -201,23 +201,59 @@ async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
     };
     let before_metrics = target.metrics().await.unwrap_or_default();
     let before_cpu = target.cpu_seconds();
-    let before_rss = target.rss();
+    let mut before_rss = target.rss();
     let prefix = format!("{}-{}", scenario.name(), std::process::id());
     eprintln!("{} {:?}", scenario.name(), mode);
-    let tally = load::run(
+    // Waiting instances are measured as a slope: fill half, let them
+    // passivate, measure; add the other half, measure again. The first half
+    // absorbs fixed costs (RocksDB memtables up to their cap, allocator pools).
+    let timers = scenario == Scenario::Timers;
+    let first = match (timers, args.count) {
+        (true, Some(count)) => {
+            let half = Some(count / 2);
+            let fill = format!("{prefix}-fill");
+            let tally = load::run(
+                &clients,
+                scenario,
+                &mode,
+                args.warmup,
+                args.duration,
+                half,
+                &fill,
+            )
+            .await;
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            before_rss = target.rss();
+            Some(tally)
+        }
+        _ => None,
+    };
+    let count = match &first {
+        Some(f) => args.count.map(|c| c - f.started),
+        None => args.count,
+    };
+    let mut tally = load::run(
         &clients,
         scenario,
         &mode,
         args.warmup,
         args.duration,
-        args.count,
+        count,
         &prefix,
     )
     .await;
     eprintln!();
-    if scenario == Scenario::Timers {
+    if timers {
         // Let the waiting instances passivate before measuring memory.
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(8)).await;
+    }
+    let measured = tally.ended_ok;
+    if let Some(first) = first {
+        tally.started += first.started;
+        tally.ended_ok += first.ended_ok;
+        for (code, n) in first.errors {
+            *tally.errors.entry(code).or_default() += n;
+        }
     }
     let after_metrics = target.metrics().await.unwrap_or_default();
     let after_cpu = target.cpu_seconds();
@@ -228,6 +264,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
         args,
         &tally,
         report::NodeSide {
+            measured,
             before_metrics,
             after_metrics,
             cpu: before_cpu.zip(after_cpu).map(|(a, b)| b - a),

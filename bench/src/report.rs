@@ -12,6 +12,8 @@ use std::time::Duration;
 
 /// What was read from the node around a run.
 pub struct NodeSide {
+    /// Waiting instances added between the two RSS readings.
+    pub measured: u64,
     pub before_metrics: String,
     pub after_metrics: String,
     pub cpu: Option<f64>,
@@ -54,8 +56,8 @@ pub fn result(
         tally.started
     };
     let memory_per_waiting = match (scenario, node.rss_before, node.rss_after) {
-        (Scenario::Timers, Some((before, _)), Some((after, _))) if tally.ended_ok > 0 => {
-            Some(after.saturating_sub(before) / tally.ended_ok)
+        (Scenario::Timers, Some((before, _)), Some((after, _))) if node.measured > 0 => {
+            Some(after.saturating_sub(before) / node.measured)
         }
         _ => None,
     };
@@ -169,7 +171,7 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
         results.push(run(&args(scenario, Some(c), None, quick)).await?);
     }
     let mut timers = args(Scenario::Timers, Some(64), None, quick);
-    timers.count = Some(if quick { 2_000 } else { 20_000 });
+    timers.count = Some(if quick { 4_000 } else { 200_000 });
     timers.duration = Duration::from_secs(120);
     let timers = run(&timers).await?;
     results.push(timers.clone());

@@ -34,7 +34,7 @@ impl Target {
             &config,
             format!(
                 "node-id = 1\ndata-dir = \"{}\"\nhttp-addr = \"127.0.0.1:0\"\nnative-addr = \"127.0.0.1:0\"\nshards = {shards}\n\
-                 [storage]\nsync = true\n[engine]\npassivate-after = \"2s\"\n{extra_toml}",
+                 [storage]\nsync = true\n[engine]\npassivate-after = \"500ms\"\n{extra_toml}",
                 dir.join("data").display()
             ),
         )?;

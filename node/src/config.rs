@@ -46,6 +46,8 @@ pub struct StorageConfig {
     pub sync: bool,
     /// Most instance transitions written in one group commit.
     pub max_batch: usize,
+    /// Memory for RocksDB memtables across all column families, MiB.
+    pub write_buffer_mb: usize,
 }
 
 impl Default for StorageConfig {
@@ -53,6 +55,7 @@ impl Default for StorageConfig {
         Self {
             sync: true,
             max_batch: 4096,
+            write_buffer_mb: 64,
         }
     }
 }
@@ -213,6 +216,9 @@ impl Config {
         }
         if self.storage.max_batch == 0 {
             return invalid("storage.max-batch", "must be >= 1");
+        }
+        if self.storage.write_buffer_mb < 4 {
+            return invalid("storage.write-buffer-mb", "must be >= 4");
         }
         if self.limits.max_body_bytes < 1024 {
             return invalid("limits.max-body-bytes", "must be >= 1024");

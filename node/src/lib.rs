@@ -50,7 +50,11 @@ impl Node {
         let metrics = metrics::install();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
-        let store = Store::open(&config.data_dir, config.shards)?;
+        let store = Store::open(
+            &config.data_dir,
+            config.shards,
+            config.storage.write_buffer_mb << 20,
+        )?;
         let committer =
             Committer::start(store.clone(), config.storage.sync, config.storage.max_batch);
         let settings = Settings {

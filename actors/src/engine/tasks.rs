@@ -110,7 +110,10 @@ impl<'a> Machine<'a> {
         let timeouts = &self.spec(step_path, compensation).timeouts;
         let configured = [
             (TimerKind::StartToClose, true),
-            (TimerKind::ScheduleToStart, timeouts.schedule_to_start.is_some()),
+            (
+                TimerKind::ScheduleToStart,
+                timeouts.schedule_to_start.is_some(),
+            ),
             (TimerKind::Heartbeat, timeouts.heartbeat.is_some()),
         ];
         for (kind, _) in configured.into_iter().filter(|(_, armed)| *armed) {
@@ -133,7 +136,12 @@ impl<'a> Machine<'a> {
         if !compensation {
             self.run_mut(step_path)?.status = StepStatus::Running;
         }
-        if self.spec(step_path, compensation).timeouts.schedule_to_start.is_some() {
+        if self
+            .spec(step_path, compensation)
+            .timeouts
+            .schedule_to_start
+            .is_some()
+        {
             let timer = TimerId {
                 kind: TimerKind::ScheduleToStart,
                 path: task_path.to_owned(),

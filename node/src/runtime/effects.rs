@@ -33,7 +33,11 @@ pub(super) fn ops(
     let mut ops = Vec::with_capacity(journal.len() * 2 + effects.len() + 1);
     for (n, entry) in journal.iter().enumerate() {
         let seq = first_seq + n as u64;
-        ops.push(Op::put(keys::JOURNAL, keys::journal(shard, id, seq), &entry.event));
+        ops.push(Op::put(
+            keys::JOURNAL,
+            keys::journal(shard, id, seq),
+            &entry.event,
+        ));
         match &entry.event.kind {
             EventKind::TimerFired { timer } => {
                 ops.push(Op::delete(keys::TIMERS, keys::pair(id, &timer.to_string())))

@@ -209,7 +209,11 @@ impl PendingStarts {
     /// Takes an attempt's deferred start, if it is still pending.
     pub fn take(&self, instance: &str, path: &str, attempt: u32) -> bool {
         let key = (instance.to_owned(), path.to_owned(), attempt);
-        self.pending.lock().expect("starts lock").remove(&key).is_some()
+        self.pending
+            .lock()
+            .expect("starts lock")
+            .remove(&key)
+            .is_some()
     }
 
     /// Takes the starts that waited longer than [`START_DELAY`].

@@ -9,10 +9,10 @@
 use super::{Command, Services};
 use crate::store::TimerRecord;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use troupe_actors::engine::{EventKind, Millis, TimerId};
+use troupe_actors::engine::{EventKind, Millis, TimerId, TimerKind};
 
 enum TimerCmd {
     Arm(String, TimerId, Millis),
@@ -60,34 +60,79 @@ impl TimerHandle {
     }
 }
 
+/// Armed timers, compactly: one shared string per timer
+/// (`instance \u{1f} kind:path:attempt`) in a due-ordered set and an index.
+/// Waiting instances are passivated, so this is most of what a waiting
+/// instance costs in memory.
 #[derive(Default)]
 struct Armed {
-    due: BTreeSet<(Millis, String, TimerId)>,
-    index: HashMap<(String, TimerId), Millis>,
+    due: BTreeSet<(Millis, Arc<str>)>,
+    index: HashMap<Arc<str>, Millis>,
+}
+
+const SEP: char = '\u{1f}';
+
+fn key(instance: &str, timer: &TimerId) -> Arc<str> {
+    Arc::from(format!("{instance}{SEP}{timer}"))
+}
+
+/// The instance and timer a key names.
+fn parse(key: &str) -> Option<(String, TimerId)> {
+    let (instance, timer) = key.split_once(SEP)?;
+    let (kind, rest) = timer.split_once(':')?;
+    let (path, attempt) = rest.rsplit_once(':')?;
+    let kind = match kind {
+        "Retry" => TimerKind::Retry,
+        "StartToClose" => TimerKind::StartToClose,
+        "ScheduleToStart" => TimerKind::ScheduleToStart,
+        "Heartbeat" => TimerKind::Heartbeat,
+        "Wait" => TimerKind::Wait,
+        "AwaitTimeout" => TimerKind::AwaitTimeout,
+        "HumanTimeout" => TimerKind::HumanTimeout,
+        "HumanEscalation" => TimerKind::HumanEscalation,
+        _ => return None,
+    };
+    let timer = TimerId {
+        kind,
+        path: path.to_owned(),
+        attempt: attempt.parse().ok()?,
+    };
+    Some((instance.to_owned(), timer))
 }
 
 impl Armed {
-    fn arm(&mut self, instance: String, timer: TimerId, at: Millis) {
-        self.cancel(&instance, &timer);
-        self.index.insert((instance.clone(), timer.clone()), at);
-        self.due.insert((at, instance, timer));
+    fn arm(&mut self, instance: &str, timer: &TimerId, at: Millis) {
+        let key = key(instance, timer);
+        if let Some(old) = self.index.insert(key.clone(), at) {
+            self.due.remove(&(old, key.clone()));
+        }
+        self.due.insert((at, key));
     }
 
     fn cancel(&mut self, instance: &str, timer: &TimerId) {
-        if let Some(at) = self.index.remove(&(instance.to_owned(), timer.clone())) {
-            self.due.remove(&(at, instance.to_owned(), timer.clone()));
+        let key = key(instance, timer);
+        if let Some(at) = self.index.remove(&key) {
+            self.due.remove(&(at, key));
         }
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn next_due(&self) -> Option<Millis> {
+        self.due.first().map(|(at, _)| *at)
     }
 
     fn pop_due(&mut self, now: Millis) -> Vec<(String, TimerId)> {
         let mut fired = Vec::new();
-        while let Some((at, _, _)) = self.due.first() {
-            if *at > now {
-                break;
+        while self.next_due().is_some_and(|at| at <= now) {
+            let (_, key) = self.due.pop_first().expect("checked non-empty");
+            self.index.remove(&key);
+            match parse(&key) {
+                Some(timer) => fired.push(timer),
+                None => tracing::error!(key = %key, "unreadable timer key"),
             }
-            let (_, instance, timer) = self.due.pop_first().expect("checked non-empty");
-            self.index.remove(&(instance.clone(), timer.clone()));
-            fired.push((instance, timer));
         }
         fired
     }
@@ -100,15 +145,14 @@ async fn run(
 ) {
     let mut timers = Armed::default();
     for record in armed {
-        timers.arm(record.instance, record.timer, record.at);
+        timers.arm(&record.instance, &record.timer, record.at);
     }
     loop {
-        metrics::gauge!(crate::metrics::TIMERS_ARMED).set(timers.index.len() as f64);
+        metrics::gauge!(crate::metrics::TIMERS_ARMED).set(timers.len() as f64);
         let now = super::now_millis();
         let wait = timers
-            .due
-            .first()
-            .map(|(at, _, _)| Duration::from_millis(at.saturating_sub(now)));
+            .next_due()
+            .map(|at| Duration::from_millis(at.saturating_sub(now)));
         let command = match wait {
             Some(wait) => tokio::select! {
                 command = rx.recv() => command,
@@ -124,9 +168,39 @@ async fn run(
             None => rx.recv().await,
         };
         match command {
-            Some(TimerCmd::Arm(instance, timer, at)) => timers.arm(instance, timer, at),
+            Some(TimerCmd::Arm(instance, timer, at)) => timers.arm(&instance, &timer, at),
             Some(TimerCmd::Cancel(instance, timer)) => timers.cancel(&instance, &timer),
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_fire_in_due_order() {
+        let mut armed = Armed::default();
+        let timer = |kind, path: &str, attempt| TimerId {
+            kind,
+            path: path.into(),
+            attempt,
+        };
+        armed.arm("order 1", &timer(TimerKind::Wait, "nap", 0), 30);
+        armed.arm("b", &timer(TimerKind::StartToClose, "fan/0/x", 2), 10);
+        armed.arm("b", &timer(TimerKind::StartToClose, "fan/0/x", 2), 20);
+        armed.arm("c", &timer(TimerKind::HumanEscalation, "ask", 0), 15);
+        armed.cancel("c", &timer(TimerKind::HumanEscalation, "ask", 0));
+        assert_eq!(armed.len(), 2);
+        assert!(armed.pop_due(19).is_empty(), "re-arming moved b to 20");
+        assert_eq!(
+            armed.pop_due(100),
+            vec![
+                ("b".to_owned(), timer(TimerKind::StartToClose, "fan/0/x", 2)),
+                ("order 1".to_owned(), timer(TimerKind::Wait, "nap", 0)),
+            ]
+        );
+        assert_eq!(armed.len(), 0);
     }
 }

@@ -162,9 +162,11 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir` for `shards` shards.
-    pub fn open(dir: &Path, shards: u32) -> Result<Self> {
+    /// Opens (or creates) the database in `dir` for `shards` shards, with
+    /// at most `write_buffer_bytes` of memtables across column families.
+    pub fn open(dir: &Path, shards: u32, write_buffer_bytes: usize) -> Result<Self> {
         let mut options = Options::default();
+        options.set_db_write_buffer_size(write_buffer_bytes);
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
