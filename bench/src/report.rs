@@ -151,7 +151,7 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
     let started = std::time::Instant::now();
     let mut results = Vec::new();
     let c1 = run(&args(Scenario::Noop, Some(1), None, quick)).await?;
-    let peak = run(&args(Scenario::Noop, Some(128), None, quick)).await?;
+    let peak = run(&args(Scenario::Noop, Some(256), None, quick)).await?;
     let peak_rate = peak["workflows_per_s"].as_f64().unwrap_or(100.0).max(2.0);
     let half = run(&args(
         Scenario::Noop,
@@ -161,7 +161,12 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
     ))
     .await?;
     results.extend([c1.clone(), peak.clone(), half.clone()]);
-    let workers = run(&args(Scenario::Workers, Some(128), None, quick)).await?;
+    let mut knee_args = args(Scenario::Noop, None, None, quick);
+    knee_args.duration = Duration::from_secs(if quick { 1 } else { 5 });
+    knee_args.warmup = Duration::from_secs(1);
+    let (knee, sweep) = crate::sweep(&knee_args, 25.0, (peak_rate / 4.0).round(), 1.25).await?;
+    results.extend(sweep);
+    let workers = run(&args(Scenario::Workers, Some(256), None, quick)).await?;
     results.push(workers.clone());
     for (scenario, c) in [
         (Scenario::Saga, 64),
@@ -210,6 +215,9 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
         format!(
             "| < 1 KB per passivated waiting instance | {per_waiting} B | {} |",
             check(per_waiting < 1024)
+        ),
+        format!(
+            "| (knee: highest open-loop rate with p99 ≤ 25 ms and no backlog) | {knee} wf/s | |"
         ),
     ];
     let generated = format!(
