@@ -77,7 +77,7 @@ fn describe() {
     );
     describe_gauge!(
         WORKFLOWS,
-        "Workflow instances by status, as seen by this node since it started"
+        "Workflow instances by status (counted durably with each transition)"
     );
     describe_counter!(TRANSITIONS_TOTAL, "Durable transitions (journaled events)");
     describe_histogram!(
@@ -127,6 +127,13 @@ fn describe() {
         NATIVE_BAD_FRAMES_TOTAL,
         "Native connections closed for a malformed or oversized frame"
     );
+}
+
+/// Sets the status gauges from the durable counts (at start).
+pub fn status_counts(counts: &[(String, i64)]) {
+    for (status, n) in counts {
+        metrics::gauge!(WORKFLOWS, "status" => status.clone()).set(*n as f64);
+    }
 }
 
 /// Moves one instance between status gauges.

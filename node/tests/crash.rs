@@ -182,5 +182,28 @@ async fn sigkill_loses_nothing_acknowledged() {
             );
         }
     }
+    // Instances by status are counted in the same commits as the transitions,
+    // so the counts are exact across the kills.
+    let (_, metrics) = node.api.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    let count = |status: &str| -> f64 {
+        let prefix = format!("troupe_workflows{{status=\"{status}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let half = (INSTANCES / 2) as f64;
+    assert_eq!(
+        (
+            count("completed"),
+            count("compensated"),
+            count("running"),
+            count("waiting")
+        ),
+        (half, half, 0.0, 0.0),
+        "{metrics}"
+    );
     node.kill();
 }

@@ -4,7 +4,7 @@
 
 use super::shard::ShardMsg;
 use super::{Applied, Command, Failure, ReplyTo, Services, effects};
-use crate::store::{InstanceRecord, ParentLink};
+use crate::store::{InstanceRecord, Op, ParentLink, keys};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::Value as Json;
 use std::sync::Arc;
@@ -281,12 +281,21 @@ async fn transition(state: &mut WorkflowState, kinds: Vec<EventKind>) -> Result<
     }
     complete_noops_inline(&def, &mut record.state, &mut journal, &mut effects);
     let effects = effects::net_out(effects, &journal);
-    let ops = effects::ops(&services, state.args.shard, record, &journal, &effects);
+    let mut ops = effects::ops(&services, state.args.shard, record, &journal, &effects);
+    let after = record.state.status;
+    if before != after || is_start {
+        let counter = |s: troupe_actors::engine::InstanceStatus, delta| {
+            Op::Add(keys::COUNTERS, keys::status_counter(s.as_str()), delta)
+        };
+        if !is_start {
+            ops.push(counter(before, -1));
+        }
+        ops.push(counter(after, 1));
+    }
     let started = std::time::Instant::now();
     services.committer.commit(ops).await?;
     metrics::histogram!(crate::metrics::TRANSITION_SECONDS).record(started.elapsed().as_secs_f64());
     metrics::counter!(crate::metrics::TRANSITIONS_TOTAL).increment(journal.len() as u64);
-    let after = record.state.status;
     if before != after || is_start {
         crate::metrics::status_moved((!is_start).then_some(before), after);
     }

@@ -402,6 +402,7 @@ impl Runtime {
         handlers: TaskHandlers,
     ) -> anyhow::Result<Self> {
         let armed = store.timers()?;
+        crate::metrics::status_counts(&store.status_counts()?);
         let services = Arc::new_cyclic(|weak: &std::sync::Weak<Services>| Services {
             store: store.clone(),
             committer,

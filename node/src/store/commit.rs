@@ -15,6 +15,8 @@ pub enum Op {
     Put(&'static str, Vec<u8>, Vec<u8>),
     /// Delete a key.
     Delete(&'static str, Vec<u8>),
+    /// Add to a counter (the `counters` column family).
+    Add(&'static str, Vec<u8>, i64),
 }
 
 impl Op {
@@ -36,6 +38,7 @@ impl Op {
         match self {
             Op::Put(cf, key, value) => batch.put_cf(store.cf(cf), key, value),
             Op::Delete(cf, key) => batch.delete_cf(store.cf(cf), key),
+            Op::Add(cf, key, delta) => batch.merge_cf(store.cf(cf), key, delta.to_le_bytes()),
         }
     }
 }

@@ -21,9 +21,12 @@ pub const EVENTS_SEEN: &str = "events_seen";
 pub const OUTBOX: &str = "outbox";
 /// Node metadata: `key` → value (e.g. `shards`).
 pub const META: &str = "meta";
+/// Counters kept in step with transitions (instances by status):
+/// `status/<status>` → i64 little-endian, updated with an adding merge.
+pub const COUNTERS: &str = "counters";
 
 /// Every column family.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     DEFINITIONS,
     INSTANCES,
     JOURNAL,
@@ -34,7 +37,13 @@ pub const ALL: [&str; 10] = [
     EVENTS_SEEN,
     OUTBOX,
     META,
+    COUNTERS,
 ];
+
+/// Counter of instances in `status`.
+pub fn status_counter(status: &str) -> Vec<u8> {
+    format!("status/{status}").into_bytes()
+}
 
 /// `a 0x00 b`.
 pub fn pair(a: &str, b: &str) -> Vec<u8> {

@@ -171,9 +171,13 @@ impl Store {
         options.create_missing_column_families(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         options.increase_parallelism(2);
-        let cfs = keys::ALL
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let cfs = keys::ALL.iter().map(|name| {
+            let mut cf = Options::default();
+            if *name == keys::COUNTERS {
+                cf.set_merge_operator_associative("add_i64", add_i64);
+            }
+            ColumnFamilyDescriptor::new(*name, cf)
+        });
         let db = DB::open_cf_descriptors(&options, dir, cfs)?;
         let store = Self { db: Arc::new(db) };
         match store.get::<u32>(keys::META, b"shards")? {
@@ -378,8 +382,42 @@ impl Store {
         Ok(ids)
     }
 
+    /// Instances by status, as counted in step with transitions.
+    pub fn status_counts(&self) -> Result<Vec<(String, i64)>> {
+        let mut out = Vec::new();
+        let prefix = b"status/";
+        for item in self.db.iterator_cf(
+            self.cf(keys::COUNTERS),
+            IteratorMode::From(prefix, Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let status = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            out.push((status, read_i64(&value)));
+        }
+        Ok(out)
+    }
+
     /// Whether a published event id was already applied.
     pub fn event_seen(&self, id: &str) -> Result<bool> {
         Ok(self.get::<()>(keys::EVENTS_SEEN, id.as_bytes())?.is_some())
     }
+}
+
+fn read_i64(bytes: &[u8]) -> i64 {
+    bytes.try_into().map_or(0, i64::from_le_bytes)
+}
+
+/// The `counters` merge: adds little-endian i64 operands.
+fn add_i64(
+    _key: &[u8],
+    existing: Option<&[u8]>,
+    operands: &rocksdb::MergeOperands,
+) -> Option<Vec<u8>> {
+    let sum = operands
+        .into_iter()
+        .fold(existing.map_or(0, read_i64), |sum, op| sum + read_i64(op));
+    Some(sum.to_le_bytes().to_vec())
 }
