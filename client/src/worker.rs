@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+pub use troupe_protocol::TaskError;
 use troupe_protocol::{Request, Response, TaskAssignment};
 
 /// A task attempt handed to a handler.
@@ -30,37 +31,6 @@ pub struct Task {
     pub idempotency_key: String,
     /// Input.
     pub input: Json,
-}
-
-/// A failed task.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskError {
-    /// Error code, matched against the step's `non_retryable` list.
-    pub code: String,
-    /// Message.
-    pub message: String,
-    /// `false` when retrying cannot help.
-    pub retryable: bool,
-}
-
-impl TaskError {
-    /// A failure worth retrying.
-    pub fn transient(code: &str, message: impl Into<String>) -> Self {
-        Self {
-            code: code.to_owned(),
-            message: message.into(),
-            retryable: true,
-        }
-    }
-
-    /// A failure retrying cannot fix.
-    pub fn permanent(code: &str, message: impl Into<String>) -> Self {
-        Self {
-            code: code.to_owned(),
-            message: message.into(),
-            retryable: false,
-        }
-    }
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Json, TaskError>> + Send>>;

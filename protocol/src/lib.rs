@@ -13,7 +13,9 @@ mod error_code;
 pub mod frame;
 mod hash;
 mod messages;
+mod task_error;
 
 pub use error_code::ErrorCode;
 pub use hash::{shard_of, stable_hash};
 pub use messages::*;
+pub use task_error::TaskError;

@@ -167,24 +167,8 @@ async fn execute(state: &mut WorkflowState, command: Command) -> Result<Applied,
                 view: super::view::instance(&record.state),
             })
         }
-        Command::Event(kind) => {
-            if state.record.is_none() {
-                return Err(Failure::new(
-                    ErrorCode::WorkflowNotFound,
-                    format!("no workflow {}", state.args.id),
-                ));
-            }
-            transition(state, vec![kind]).await
-        }
-        Command::Report(kinds) => {
-            if state.record.is_none() {
-                return Err(Failure::new(
-                    ErrorCode::WorkflowNotFound,
-                    format!("no workflow {}", state.args.id),
-                ));
-            }
-            transition(state, kinds).await
-        }
+        Command::Event(kind) => existing(state, vec![kind]).await,
+        Command::Report(kinds) => existing(state, kinds).await,
         Command::Recover => {
             if state.record.is_some() && !state.args.recover {
                 effects::redo_outbox(&state.args.services, &state.args.id)?;
@@ -192,6 +176,17 @@ async fn execute(state: &mut WorkflowState, command: Command) -> Result<Applied,
             Ok(Applied::Done)
         }
     }
+}
+
+/// Applies events to an instance that must exist.
+async fn existing(state: &mut WorkflowState, kinds: Vec<EventKind>) -> Result<Applied, Failure> {
+    if state.record.is_none() {
+        return Err(Failure::new(
+            ErrorCode::WorkflowNotFound,
+            format!("no workflow {}", state.args.id),
+        ));
+    }
+    transition(state, kinds).await
 }
 
 async fn start(

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 use troupe_actors::engine::{ErrorInfo, EventKind, TaskDispatch};
+pub use troupe_protocol::TaskError;
 
 /// A task attempt handed to an in-process handler.
 #[derive(Debug, Clone)]
@@ -27,37 +28,6 @@ pub struct TaskRequest {
     pub input: Json,
     /// `{instance}/{path}/{attempt}`.
     pub idempotency_key: String,
-}
-
-/// A task failure reported by a handler.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskError {
-    /// Error code (matched against `non_retryable`).
-    pub code: String,
-    /// Message.
-    pub message: String,
-    /// `false` when retrying cannot help.
-    pub retryable: bool,
-}
-
-impl TaskError {
-    /// A transient failure.
-    pub fn transient(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            code: code.into(),
-            message: message.into(),
-            retryable: true,
-        }
-    }
-
-    /// A permanent failure.
-    pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            code: code.into(),
-            message: message.into(),
-            retryable: false,
-        }
-    }
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Json, TaskError>> + Send>>;
