@@ -168,6 +168,7 @@ enum HumanAction {
 }
 
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { files } => validate(&files, cli.json).map(|ok| if ok { 0 } else { 1 }),
@@ -341,4 +342,22 @@ fn summary(def: &Definition) -> String {
         steps.len(),
         kinds.join(", ")
     )
+}
+
+/// `troupe show x | head` closes stdout early; Rust then panics in
+/// `println!`. Exit quietly instead, as command-line tools do.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
