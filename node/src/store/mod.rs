@@ -171,8 +171,19 @@ impl Store {
         options.create_missing_column_families(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         options.increase_parallelism(2);
+        // Flushes and compactions yield the CPU to transitions, so that a
+        // flush does not stall acknowledgements on a small machine.
+        let mut env = rocksdb::Env::new()?;
+        env.lower_thread_pool_cpu_priority();
+        env.lower_high_priority_thread_pool_cpu_priority();
+        options.set_env(&env);
         let cfs = keys::ALL.iter().map(|name| {
             let mut cf = Options::default();
+            // Bloom filters: a start looks up an id that usually does not
+            // exist yet, which without them reads index blocks of every file.
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_bloom_filter(10.0, false);
+            cf.set_block_based_table_factory(&table);
             if *name == keys::COUNTERS {
                 cf.set_merge_operator_associative("add_i64", add_i64);
             }
