@@ -19,6 +19,8 @@ use troupe_protocol::{Request, Response, TaskAssignment};
 /// A task attempt handed to a handler.
 #[derive(Debug, Clone)]
 pub struct Task {
+    /// Names the attempt in reports (for logs; the worker reports for you).
+    pub token: String,
     /// Instance id.
     pub workflow_id: String,
     /// Task path.
@@ -140,6 +142,7 @@ async fn run_task(
         return;
     };
     let task = Task {
+        token: token.clone(),
         workflow_id: assignment.workflow_id,
         path: assignment.path,
         task_type: assignment.task_type,

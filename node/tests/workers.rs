@@ -1,4 +1,4 @@
-//! Workers over real TCP: worker processes serve task types through the
+//! Workers over real TCP: worker processes (`troupe-echo-worker`) serve task types through the
 //! native protocol's task streams, and a plain HTTP worker long-polls.
 //! A worker killed mid-task gets its attempt redelivered when the lease
 //! ends, and the step completes exactly once; duplicate and late reports
@@ -11,23 +11,46 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use troupe_client::{Client, Task, TaskError, Worker};
+use troupe_client::Client;
 
-/// A worker process: this test binary re-run with only `worker_process`.
+/// A `troupe-echo-worker` process serving every task type these tests use.
 struct WorkerProcess {
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
 }
 
+const TASK_TYPES: [&str; 9] = [
+    "slow.job",
+    "payments.charge",
+    "payments.refund",
+    "inventory.reserve",
+    "inventory.release",
+    "warehouse.notify",
+    "shipping.dispatch",
+    "shipping.cancel",
+    "notifications.send",
+];
+
 impl WorkerProcess {
-    fn spawn(native: std::net::SocketAddr, mode: &str) -> Self {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["worker_process", "--exact", "--ignored", "--nocapture"])
-            .env("TROUPE_TEST_WORKER", format!("{native} {mode}"))
+    /// `hang`: take tasks and never answer. Otherwise answer, failing the
+    /// dispatch of orders to the address "nowhere".
+    fn spawn(native: std::net::SocketAddr, hang: bool) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_troupe-echo-worker"));
+        command.args(["--addr", &native.to_string()]);
+        if hang {
+            command.arg("--hang");
+        } else {
+            command.args([
+                "--fail",
+                "shipping.dispatch@/customer/address=nowhere:address_invalid",
+            ]);
+        }
+        let mut child = command
+            .args(TASK_TYPES)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn worker process");
+            .expect("spawn troupe-echo-worker");
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -62,47 +85,6 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// Entry point of worker processes; does nothing when run as a test.
-#[tokio::test]
-#[ignore = "entry point of the worker processes the other tests spawn"]
-async fn worker_process() {
-    let Ok(spec) = std::env::var("TROUPE_TEST_WORKER") else {
-        return;
-    };
-    let (addr, mode) = spec.split_once(' ').unwrap();
-    let hang = mode == "hang";
-    let client = Client::connect(addr).await.unwrap();
-    let handler = move |task: Task| async move {
-        let token =
-            troupe_node::runtime::queue::token::encode(&task.workflow_id, &task.path, task.attempt);
-        println!("task {} {token} {}", task.task_type, task.attempt);
-        if hang {
-            std::future::pending::<()>().await;
-        }
-        if task.input["customer"]["address"] == "nowhere" && task.task_type == "shipping.dispatch" {
-            return Err(TaskError::permanent("address_invalid", "no such address"));
-        }
-        Ok::<Value, TaskError>(
-            json!({"by": std::process::id(), "attempt": task.attempt, "key": task.idempotency_key}),
-        )
-    };
-    let mut worker = Worker::new(&client, mode).concurrency(4);
-    for task_type in [
-        "slow.job",
-        "payments.charge",
-        "payments.refund",
-        "inventory.reserve",
-        "inventory.release",
-        "warehouse.notify",
-        "shipping.dispatch",
-        "shipping.cancel",
-        "notifications.send",
-    ] {
-        worker = worker.handle(task_type, handler);
-    }
-    worker.run().await.unwrap();
-}
-
 const SLOW: &str = r#"
 name: slow
 version: 1
@@ -119,7 +101,7 @@ async fn killed_worker_task_is_redelivered_and_completes_once() {
     t.api.deploy(SLOW).await;
     t.api.start("slow", "job-1", json!({})).await;
 
-    let hanging = WorkerProcess::spawn(t.node.native_addr(), "hang");
+    let hanging = WorkerProcess::spawn(t.node.native_addr(), true);
     let first = hanging.next_task();
     assert_eq!((first[1].as_str(), first[3].as_str()), ("slow.job", "1"));
     eventually(5, "step running", || async {
@@ -129,7 +111,7 @@ async fn killed_worker_task_is_redelivered_and_completes_once() {
     .await;
     hanging.kill();
 
-    let healthy = WorkerProcess::spawn(t.node.native_addr(), "work");
+    let healthy = WorkerProcess::spawn(t.node.native_addr(), false);
     let second = healthy.next_task();
     assert_eq!(
         second[3], "2",
@@ -179,7 +161,7 @@ async fn worker_processes_run_order_fulfilment() {
     .unwrap();
     t.api.deploy(&source).await;
     let workers: Vec<_> = (0..2)
-        .map(|_| WorkerProcess::spawn(t.node.native_addr(), "work"))
+        .map(|_| WorkerProcess::spawn(t.node.native_addr(), false))
         .collect();
     let client = Client::connect(t.node.native_addr().to_string())
         .await

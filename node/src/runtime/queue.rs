@@ -34,6 +34,8 @@ struct Waiter {
 struct Inner {
     queues: HashMap<String, VecDeque<Queued>>,
     waiters: Vec<Waiter>,
+    /// Where the next push starts looking, so that workers take turns.
+    turn: usize,
     queued: usize,
     next_waiter: u64,
 }
@@ -75,19 +77,17 @@ impl TaskQueues {
         };
         let mut inner = self.inner.lock().expect("queue lock");
         let task_type = task.dispatch.task_type.clone();
-        // Rotate through the waiters so that workers share the load.
         let count = inner.waiters.len();
-        for _ in 0..count {
-            let waiter = inner.waiters.remove(0);
-            let serves = waiter.credit > 0 && waiter.task_types.contains(&task_type);
-            inner.waiters.push(waiter);
-            if !serves {
+        for n in 0..count {
+            let index = (inner.turn + n) % count;
+            let waiter = &mut inner.waiters[index];
+            if waiter.credit == 0 || !waiter.task_types.contains(&task_type) {
                 continue;
             }
-            let waiter = inner.waiters.last_mut().expect("just pushed");
             match waiter.inbox.send(task) {
                 Ok(()) => {
                     waiter.credit -= 1;
+                    inner.turn = index + 1;
                     return;
                 }
                 Err(returned) => {
