@@ -5,7 +5,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: run simulate test bench deps build fmt lint unit clean
+.PHONY: run simulate test bench soak deps build fmt lint unit clean
 
 ## run: start a local node with the examples deployed and print where to look
 run: deps
@@ -17,11 +17,17 @@ simulate: deps
 	$(CARGO) build --release -p troupe-cli
 	@bash scripts/run-examples.sh $${CARGO_TARGET_DIR:-target}/release/troupe
 
-## bench: the standard benchmark suite (release build, about 5 minutes of
+## bench: the standard benchmark suite (release build, about 12 minutes of
 ## load); writes docs/benchmarks.md and bench/results/latest.json
 bench: deps
 	$(CARGO) build --release --workspace --bins --examples
 	$${CARGO_TARGET_DIR:-target}/release/troupe-bench suite
+
+## soak: ten minutes of closed-loop noop load; adds throughput and memory
+## per 10-s window to docs/benchmarks.md
+soak: deps
+	$(CARGO) build --release --workspace --bins --examples
+	$${CARGO_TARGET_DIR:-target}/release/troupe-bench soak
 
 ## test: fmt and clippy checks, then the whole test suite
 test: deps lint unit

@@ -34,7 +34,14 @@ pub struct Tally {
     pub errors: BTreeMap<String, u64>,
     /// Length of the measured window.
     pub window: Duration,
+    /// Measured completions in each second of the measured window.
+    pub per_second: Vec<u64>,
+    /// The node's resident memory at the end of each second, bytes.
+    pub rss_per_second: Vec<u64>,
 }
+
+/// Reads the node's resident memory, when it can be read.
+pub type RssProbe = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
 struct Shared {
     latency: Mutex<Histogram<u64>>,
@@ -42,6 +49,8 @@ struct Shared {
     started: AtomicU64,
     ended_ok: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
+    per_second: Mutex<Vec<u64>>,
+    rss_per_second: Mutex<Vec<u64>>,
 }
 
 impl Shared {
@@ -79,29 +88,48 @@ async fn one(client: &Client, scenario: Scenario, id: &str, n: u64) -> Result<()
     }
 }
 
-/// Runs `mode` for `warmup + duration` (or until `count` workflows started).
-pub async fn run(
-    clients: &[Client],
-    scenario: Scenario,
-    mode: &Mode,
-    warmup: Duration,
-    duration: Duration,
-    count: Option<u64>,
-    prefix: &str,
-) -> Tally {
+/// What one load run offers.
+pub struct Plan<'a> {
+    /// What each workflow does.
+    pub scenario: Scenario,
+    /// How load is offered.
+    pub mode: &'a Mode,
+    /// Time before measuring.
+    pub warmup: Duration,
+    /// Measured time.
+    pub duration: Duration,
+    /// Stop after this many workflows.
+    pub count: Option<u64>,
+    /// Instance id prefix.
+    pub prefix: &'a str,
+}
+
+/// Runs `plan.mode` for `warmup + duration` (or until `count` workflows
+/// started), sampling the node's memory with `rss`.
+pub async fn run(clients: &[Client], plan: Plan<'_>, rss: RssProbe) -> Tally {
+    let Plan {
+        scenario,
+        mode,
+        warmup,
+        duration,
+        count,
+        prefix,
+    } = plan;
     let shared = Arc::new(Shared {
         latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram")),
         completed: AtomicU64::new(0),
         started: AtomicU64::new(0),
         ended_ok: AtomicU64::new(0),
         errors: Mutex::new(BTreeMap::new()),
+        per_second: Mutex::new(Vec::new()),
+        rss_per_second: Mutex::new(Vec::new()),
     });
     let begin = Instant::now();
     let measure_from = begin + warmup;
     let end = measure_from + duration;
     let next = Arc::new(AtomicU64::new(0));
     let limit = count.unwrap_or(u64::MAX);
-    let progress = tokio::spawn(report_progress(shared.clone(), begin));
+    let progress = tokio::spawn(report_progress(shared.clone(), begin, measure_from, rss));
     let record = {
         let shared = shared.clone();
         move |scheduled: Instant, result: Result<(), String>| {
@@ -113,6 +141,14 @@ pub async fn run(
                         shared.completed.fetch_add(1, Ordering::Relaxed);
                         let micros = done.duration_since(scheduled).as_micros() as u64;
                         let _ = shared.latency.lock().expect("hist").record(micros.max(1));
+                    }
+                    if done >= measure_from && done < end {
+                        let second = done.duration_since(measure_from).as_secs() as usize;
+                        let mut per_second = shared.per_second.lock().expect("timeline");
+                        if per_second.len() <= second {
+                            per_second.resize(second + 1, 0);
+                        }
+                        per_second[second] += 1;
                     }
                 }
                 Err(code) => shared.error(code),
@@ -174,6 +210,9 @@ pub async fn run(
         .saturating_duration_since(measure_from);
     let latency = shared.latency.lock().expect("hist").clone();
     let errors = shared.errors.lock().expect("errors").clone();
+    let mut per_second = shared.per_second.lock().expect("timeline").clone();
+    per_second.resize(window.as_secs() as usize, 0);
+    let rss_per_second = shared.rss_per_second.lock().expect("timeline").clone();
     Tally {
         latency,
         completed: shared.completed.load(Ordering::Relaxed),
@@ -181,14 +220,39 @@ pub async fn run(
         ended_ok: shared.ended_ok.load(Ordering::Relaxed),
         errors,
         window,
+        per_second,
+        rss_per_second,
     }
 }
 
-/// Prints a progress line every second.
-async fn report_progress(shared: Arc<Shared>, begin: Instant) {
+/// Rates (per second) over consecutive windows of `seconds`; a last,
+/// shorter window is left out.
+pub fn window_rates(per_second: &[u64], seconds: usize) -> Vec<f64> {
+    per_second
+        .chunks_exact(seconds.max(1))
+        .map(|w| w.iter().sum::<u64>() as f64 / seconds.max(1) as f64)
+        .collect()
+}
+
+/// Prints a progress line every second, and samples the node's memory
+/// once per measured second.
+async fn report_progress(
+    shared: Arc<Shared>,
+    begin: Instant,
+    measure_from: Instant,
+    rss: RssProbe,
+) {
     let mut last = 0;
+    let mut tick = tokio::time::interval_at(measure_from.into(), Duration::from_secs(1));
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        if Instant::now() < measure_from {
+            tokio::time::sleep(Duration::from_secs(1).min(measure_from - Instant::now())).await;
+        } else {
+            tick.tick().await;
+            if let Some(bytes) = rss() {
+                shared.rss_per_second.lock().expect("timeline").push(bytes);
+            }
+        }
         let ended = shared.ended_ok.load(Ordering::Relaxed);
         let errors: u64 = shared.errors.lock().expect("errors").values().sum();
         eprint!(
@@ -200,5 +264,17 @@ async fn report_progress(shared: Arc<Shared>, begin: Instant) {
             errors
         );
         last = ended;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window_rates;
+
+    #[test]
+    fn windows_average_whole_windows_only() {
+        let per_second = [10, 10, 20, 20, 5];
+        assert_eq!(window_rates(&per_second, 2), vec![10.0, 20.0]);
+        assert!(window_rates(&per_second, 10).is_empty());
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! `troupe-bench run` runs one scenario against a node it starts itself
 //! (fresh data dir, durability on) or a running node; `troupe-bench suite`
-//! runs the standard set and writes `docs/benchmarks.md`.
+//! runs the standard set and writes `docs/benchmarks.md`; `troupe-bench
+//! soak` runs `noop` for ten minutes and adds its timeline there.
 
 mod load;
 mod report;
@@ -59,6 +60,10 @@ struct RunArgs {
     /// Write the JSON result here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// After the run, SIGKILL the node (one this harness started) and
+    /// time its restart on the same data dir.
+    #[arg(long)]
+    kill_restart: bool,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +96,22 @@ enum Cmd {
         /// Shorter runs (for a smoke test).
         #[arg(long)]
         quick: bool,
+    },
+    /// A long closed-loop noop run; writes throughput and memory per window
+    /// to docs/benchmarks.md.
+    Soak {
+        /// Measured time.
+        #[arg(long, default_value = "10m", value_parser = humantime_duration)]
+        duration: Duration,
+        /// Workflows in flight.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Where to write the markdown summary.
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        markdown: PathBuf,
+        /// Where to write the JSON result.
+        #[arg(long, default_value = "bench/results/soak.json")]
+        json: PathBuf,
     },
 }
 
@@ -144,6 +165,12 @@ async fn main() -> anyhow::Result<()> {
             json,
             quick,
         } => report::suite(&markdown, &json, quick).await?,
+        Cmd::Soak {
+            duration,
+            concurrency,
+            markdown,
+            json,
+        } => report::soak(&markdown, &json, duration, concurrency).await?,
     }
     Ok(())
 }
@@ -177,7 +204,7 @@ async fn sweep(
 
 /// Runs one scenario and returns its JSON result.
 async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
-    let target = match (&args.native, &args.http) {
+    let mut target = match (&args.native, &args.http) {
         (Some(native), Some(http)) => Target::remote(native.clone(), http.clone()),
         _ => Target::spawn(args.shards, "")?,
     };
@@ -212,16 +239,15 @@ async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
         (true, Some(count)) => {
             let half = Some(count / 2);
             let fill = format!("{prefix}-fill");
-            let tally = load::run(
-                &clients,
+            let plan = load::Plan {
                 scenario,
-                &mode,
-                args.warmup,
-                args.duration,
-                half,
-                &fill,
-            )
-            .await;
+                mode: &mode,
+                warmup: args.warmup,
+                duration: args.duration,
+                count: half,
+                prefix: &fill,
+            };
+            let tally = load::run(&clients, plan, target.rss_probe()).await;
             tokio::time::sleep(Duration::from_secs(8)).await;
             before_rss = target.rss();
             Some(tally)
@@ -232,16 +258,15 @@ async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
         Some(f) => args.count.map(|c| c - f.started),
         None => args.count,
     };
-    let mut tally = load::run(
-        &clients,
+    let plan = load::Plan {
         scenario,
-        &mode,
-        args.warmup,
-        args.duration,
+        mode: &mode,
+        warmup: args.warmup,
+        duration: args.duration,
         count,
-        &prefix,
-    )
-    .await;
+        prefix: &prefix,
+    };
+    let mut tally = load::run(&clients, plan, target.rss_probe()).await;
     eprintln!();
     if timers {
         // Let the waiting instances passivate before measuring memory.
@@ -258,6 +283,13 @@ async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
     let after_metrics = target.metrics().await.unwrap_or_default();
     let after_cpu = target.cpu_seconds();
     let after_rss = target.rss();
+    let restart = if args.kill_restart {
+        drop(clients);
+        eprintln!("SIGKILL and restart");
+        Some(target.kill_and_restart()?)
+    } else {
+        None
+    };
     Ok(report::result(
         scenario,
         &mode,
@@ -270,6 +302,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
             cpu: before_cpu.zip(after_cpu).map(|(a, b)| b - a),
             rss_before: before_rss,
             rss_after: after_rss,
+            restart,
         },
     ))
 }

@@ -19,7 +19,12 @@ pub struct NodeSide {
     pub cpu: Option<f64>,
     pub rss_before: Option<(u64, u64)>,
     pub rss_after: Option<(u64, u64)>,
+    /// Time to restart after a SIGKILL, when measured.
+    pub restart: Option<Duration>,
 }
+
+/// Seconds per reported window.
+pub const WINDOW_SECS: usize = 10;
 
 fn ms(micros: u64) -> f64 {
     (micros as f64 / 1000.0 * 100.0).round() / 100.0
@@ -61,6 +66,15 @@ pub fn result(
         }
         _ => None,
     };
+    let windows = crate::load::window_rates(&tally.per_second, WINDOW_SECS);
+    let slowest = windows.iter().copied().fold(f64::INFINITY, f64::min);
+    let fastest = windows.iter().copied().fold(0.0, f64::max);
+    let rss_windows: Vec<u64> = tally
+        .rss_per_second
+        .iter()
+        .step_by(WINDOW_SECS)
+        .map(|b| b >> 20)
+        .collect();
     json!({
         "scenario": scenario.name(),
         "load": match mode {
@@ -71,6 +85,14 @@ pub fn result(
         "duration_s": secs,
         "completed": tally.completed,
         "workflows_per_s": (tally.completed as f64 / secs).round(),
+        "windows": {
+            "seconds": WINDOW_SECS,
+            "workflows_per_s": windows.iter().map(|w| w.round()).collect::<Vec<_>>(),
+            "slowest": if windows.is_empty() { Value::Null } else { json!(slowest.round()) },
+            "slowest_to_fastest": if fastest > 0.0 { json!((slowest / fastest * 100.0).round() / 100.0) } else { Value::Null },
+            "node_rss_mb": rss_windows,
+        },
+        "restart_after_kill_s": node.restart.map(|d| (d.as_secs_f64() * 100.0).round() / 100.0),
         "transitions_per_s": (transitions / secs).round(),
         "latency_ms": {
             "p50": ms(h.value_at_quantile(0.5)), "p90": ms(h.value_at_quantile(0.9)),
@@ -95,7 +117,7 @@ pub fn result(
 
 /// Header of the markdown table.
 pub fn markdown_row_header() -> String {
-    "| scenario | load | wf/s | transitions/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | node CPU ms/wf | peak RSS MB | fsync p50/p99 ms | errors | exactly once |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|".into()
+    "| scenario | load | s | wf/s | slowest 10-s window | transitions/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | node CPU ms/wf | peak RSS MB | fsync p50/p99 ms | errors | exactly once |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|".into()
 }
 
 /// One run as a markdown row.
@@ -108,9 +130,17 @@ pub fn markdown_row(r: &Value) -> String {
         .as_object()
         .map_or(0, |e| e.values().filter_map(Value::as_u64).sum());
     let l = &r["latency_ms"];
+    let slowest = match r["windows"]["slowest"].as_f64() {
+        Some(w) => format!(
+            "{w} ({:.0}%)",
+            r["windows"]["slowest_to_fastest"].as_f64().unwrap_or(0.0) * 100.0
+        ),
+        None => "–".into(),
+    };
     format!(
-        "| {} | {load} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2}/{:.2} | {errors} | {} |",
+        "| {} | {load} | {:.0} | {} | {slowest} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2}/{:.2} | {errors} | {} |",
         r["scenario"].as_str().unwrap_or("?"),
+        r["duration_s"].as_f64().unwrap_or(0.0),
         r["workflows_per_s"],
         r["transitions_per_s"],
         l["p50"],
@@ -143,7 +173,29 @@ fn args(scenario: Scenario, concurrency: Option<usize>, rate: Option<f64>, quick
         shards: 16,
         connections: 4,
         out: None,
+        kill_restart: false,
     }
+}
+
+/// A headline run: at least 60 s measured after a 5-s warm-up.
+fn sustained(mut run: RunArgs, quick: bool) -> RunArgs {
+    if !quick {
+        run.duration = Duration::from_secs(60);
+        run.warmup = Duration::from_secs(5);
+    }
+    run
+}
+
+fn check(met: bool) -> &'static str {
+    if met { "met" } else { "missed" }
+}
+
+fn no_errors(r: &Value) -> bool {
+    r["errors"].as_object().is_some_and(|e| e.is_empty())
+}
+
+fn steady(r: &Value) -> bool {
+    r["windows"]["slowest_to_fastest"].as_f64() >= Some(0.8)
 }
 
 /// Runs the standard suite and writes the JSON results and the markdown.
@@ -151,22 +203,31 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
     let started = std::time::Instant::now();
     let mut results = Vec::new();
     let c1 = run(&args(Scenario::Noop, Some(1), None, quick)).await?;
-    let peak = run(&args(Scenario::Noop, Some(256), None, quick)).await?;
-    let peak_rate = peak["workflows_per_s"].as_f64().unwrap_or(100.0).max(2.0);
-    let half = run(&args(
-        Scenario::Noop,
-        None,
-        Some((peak_rate / 2.0).round()),
+    let peak = run(&sustained(
+        args(Scenario::Noop, Some(256), None, quick),
         quick,
     ))
     .await?;
-    results.extend([c1.clone(), peak.clone(), half.clone()]);
+    let peak_rate = peak["workflows_per_s"].as_f64().unwrap_or(100.0).max(2.0);
+    let open80 = run(&sustained(
+        args(Scenario::Noop, None, Some((peak_rate * 0.8).round()), quick),
+        quick,
+    ))
+    .await?;
+    let mut half = args(Scenario::Noop, None, Some((peak_rate / 2.0).round()), quick);
+    half.duration = Duration::from_secs(if quick { 2 } else { 20 });
+    let half = run(&half).await?;
+    results.extend([c1.clone(), peak.clone(), open80.clone(), half.clone()]);
     let mut knee_args = args(Scenario::Noop, None, None, quick);
     knee_args.duration = Duration::from_secs(if quick { 1 } else { 5 });
     knee_args.warmup = Duration::from_secs(1);
     let (knee, sweep) = crate::sweep(&knee_args, 25.0, (peak_rate / 4.0).round(), 1.25).await?;
     results.extend(sweep);
-    let workers = run(&args(Scenario::Workers, Some(256), None, quick)).await?;
+    let workers = run(&sustained(
+        args(Scenario::Workers, Some(256), None, quick),
+        quick,
+    ))
+    .await?;
     results.push(workers.clone());
     for (scenario, c) in [
         (Scenario::Saga, 64),
@@ -175,9 +236,11 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
     ] {
         results.push(run(&args(scenario, Some(c), None, quick)).await?);
     }
-    let mut timers = args(Scenario::Timers, Some(64), None, quick);
-    timers.count = Some(if quick { 4_000 } else { 200_000 });
-    timers.duration = Duration::from_secs(120);
+    let mut timers = args(Scenario::Timers, Some(256), None, quick);
+    let waiting = if quick { 4_000 } else { 1_000_000 };
+    timers.count = Some(waiting);
+    timers.duration = Duration::from_secs(900);
+    timers.kill_restart = true;
     let timers = run(&timers).await?;
     results.push(timers.clone());
 
@@ -186,20 +249,51 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
     }
     std::fs::write(json_path, serde_json::to_string_pretty(&results)?)?;
     let table: Vec<String> = results.iter().map(markdown_row).collect();
-    let check = |met: bool| if met { "met" } else { "missed" };
     let per_waiting = timers["memory_per_waiting_instance_bytes"]
         .as_u64()
         .unwrap_or(0);
+    let timers_rss = timers["node_peak_rss_mb"].as_u64().unwrap_or(u64::MAX);
+    let windows = |r: &Value| {
+        format!(
+            "slowest {} of {:?} wf/s per 10 s",
+            r["windows"]["slowest"], r["windows"]["workflows_per_s"]
+        )
+    };
     let targets = [
         format!(
-            "| ≥ 6,000 wf/s, noop | {} wf/s | {} |",
+            "| noop c=256: peak ≥ 9,000 wf/s (before this round), slowest 10-s window ≥ 80% of the fastest, no refusal | {} wf/s; {} | {} |",
             peak["workflows_per_s"],
-            check(peak["workflows_per_s"].as_f64() >= Some(6000.0))
+            windows(&peak),
+            check(
+                peak["workflows_per_s"].as_f64() >= Some(9000.0)
+                    && steady(&peak)
+                    && no_errors(&peak)
+            )
         ),
         format!(
-            "| ≥ 3,000 wf/s, external workers | {} wf/s | {} |",
+            "| external workers c=256: ≥ 3,500 wf/s, slowest window ≥ 80%, no refusal | {} wf/s; {} | {} |",
             workers["workflows_per_s"],
-            check(workers["workflows_per_s"].as_f64() >= Some(3000.0))
+            windows(&workers),
+            check(
+                workers["workflows_per_s"].as_f64() >= Some(3500.0)
+                    && steady(&workers)
+                    && no_errors(&workers)
+            )
+        ),
+        format!(
+            "| open loop at 80% of peak ({}/s) for 60 s: p99 < 25 ms, no error | p99 {} ms, {} errors | {} |",
+            open80["load"]["rate"],
+            open80["latency_ms"]["p99"],
+            open80["errors"]
+                .as_object()
+                .map_or(0, |e| e.values().filter_map(Value::as_u64).sum::<u64>()),
+            check(open80["latency_ms"]["p99"].as_f64() < Some(25.0) && no_errors(&open80))
+        ),
+        format!(
+            "| p99 < 25 ms at half peak ({}/s) | {} ms | {} |",
+            half["load"]["rate"],
+            half["latency_ms"]["p99"],
+            check(half["latency_ms"]["p99"].as_f64() < Some(25.0))
         ),
         format!(
             "| p50 < 2 ms at c=1 | {} ms | {} |",
@@ -207,53 +301,136 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
             check(c1["latency_ms"]["p50"].as_f64() < Some(2.0))
         ),
         format!(
-            "| p99 < 25 ms at half peak ({} /s) | {} ms | {} |",
-            half["load"]["rate"],
-            half["latency_ms"]["p99"],
-            check(half["latency_ms"]["p99"].as_f64() < Some(25.0))
+            "| {waiting} waiting instances started at full speed: no refusal, peak RSS < 1 GB | {} refused, peak RSS {timers_rss} MB | {} |",
+            timers["errors"]
+                .as_object()
+                .map_or(0, |e| e.values().filter_map(Value::as_u64).sum::<u64>()),
+            check(no_errors(&timers) && timers_rss < 1024)
+        ),
+        format!(
+            "| restart after SIGKILL with {waiting} waiting instances (until the node listens) | {} s | |",
+            timers["restart_after_kill_s"]
         ),
         format!(
             "| < 1 KB per passivated waiting instance | {per_waiting} B | {} |",
             check(per_waiting < 1024)
         ),
         format!(
-            "| (knee: highest open-loop rate with p99 ≤ 25 ms and no backlog) | {knee} wf/s | |"
+            "| exactly once in every run | {} of {} runs | {} |",
+            results
+                .iter()
+                .filter(|r| r["correctness"]["ok"] == true)
+                .count(),
+            results.len(),
+            check(results.iter().all(|r| r["correctness"]["ok"] == true))
+        ),
+        format!(
+            "| (knee: highest open-loop rate with p99 ≤ 25 ms and no backlog, 5-s runs) | {knee} wf/s | |"
         ),
     ];
     let generated = format!(
-        "<!-- results:begin (written by `make bench`; edit outside the markers) -->\n\
-         Produced by `make bench` (`troupe-bench suite`) on {date}, in {secs:.0} s.\n\n\
+        "Produced by `make bench` (`troupe-bench suite`) on {date}, in {secs:.0} s.\n\n\
          - Machine: {machine}\n\
-         - Node: one `troupe-node` started by the harness, 16 shards, `sync = true` (every group commit fsynced before acknowledging), fresh data dir on the local disk; load generator and workers on the same machine, native protocol, 4 client connections.\n\
-         - Runs: {warm} s warm-up, then {dur} s measured; latency is start-to-complete as the client sees it (start, then await the result), in the open-loop run counted from each scheduled send time.\n\n\
+         - Node: one `troupe-node` started by the harness with the default settings, 16 shards, `sync = true` (every group commit fsynced before acknowledging), fresh data dir on the local disk; load generator and workers on the same machine, native protocol, 4 client connections.\n\
+         - Runs: the headline runs (noop and workers at c=256, open loop at 80% of peak) measure {long} s after a {long_warm}-s warm-up, the others {dur} s after {warm} s; rates are also given per 10-s window. Latency is start-to-complete as the client sees it (start, then await the result), in open-loop runs counted from each scheduled send time.\n\n\
          ### Targets\n\n| target | measured | |\n|---|---|---|\n{targets}\n\n\
          ### All runs\n\n{header}\n{table}\n\n\
-         Raw results: `bench/results/latest.json`.\n<!-- results:end -->",
+         Raw results: `bench/results/latest.json`.",
         date = today(),
         secs = started.elapsed().as_secs_f64(),
         machine = machine(),
         warm = if quick { 1 } else { 2 },
         dur = if quick { 2 } else { 10 },
+        long = if quick { 2 } else { 60 },
+        long_warm = if quick { 1 } else { 5 },
         targets = targets.join("\n"),
         header = markdown_row_header(),
         table = table.join("\n"),
     );
-    let old = std::fs::read_to_string(markdown).unwrap_or_else(|_| {
-        "# Benchmarks\n\n<!-- results:begin -->\n<!-- results:end -->\n".into()
-    });
-    let updated = match (
-        old.find("<!-- results:begin"),
-        old.find("<!-- results:end -->"),
-    ) {
-        (Some(b), Some(e)) => format!(
-            "{}{generated}{}",
-            &old[..b],
-            &old[e + "<!-- results:end -->".len()..]
-        ),
-        _ => format!("{old}\n{generated}\n"),
+    write_section(markdown, "results", &generated)?;
+    eprintln!("wrote {} and {}", markdown.display(), json_path.display());
+    Ok(())
+}
+
+/// A long closed-loop `noop` run (the soak): throughput and the node's
+/// memory per window, written to its own section of the markdown.
+pub async fn soak(
+    markdown: &Path,
+    json_path: &Path,
+    duration: Duration,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let mut run_args = args(Scenario::Noop, Some(concurrency), None, false);
+    run_args.duration = duration;
+    run_args.warmup = Duration::from_secs(5);
+    let r = run(&run_args).await?;
+    if let Some(dir) = json_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(json_path, serde_json::to_string_pretty(&r)?)?;
+    let rates = r["windows"]["workflows_per_s"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let rss = r["windows"]["node_rss_mb"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let rows: Vec<String> = rates
+        .iter()
+        .enumerate()
+        .map(|(i, rate)| {
+            let rss = rss.get(i).map_or("–".to_owned(), Value::to_string);
+            format!(
+                "| {}–{} s | {rate} | {rss} |",
+                i * WINDOW_SECS,
+                (i + 1) * WINDOW_SECS
+            )
+        })
+        .collect();
+    let generated = format!(
+        "Produced by `make soak` (`troupe-bench soak`) on {date}: closed loop, `noop`, c={concurrency}, {mins:.0} min measured after a 5-s warm-up, one node with default settings and `sync = true`; machine: {machine}.\n\n\
+         Mean {mean} wf/s; slowest 10-s window {slowest} wf/s ({ratio:.0}% of the fastest); {errors} errors; exactly once: {ok}; peak RSS {peak} MB.\n\n\
+         | window | wf/s | node RSS at its start, MB |\n|---|---|---|\n{rows}\n\n\
+         Raw result: `{json}`.",
+        date = today(),
+        mins = duration.as_secs_f64() / 60.0,
+        machine = machine(),
+        mean = r["workflows_per_s"],
+        slowest = r["windows"]["slowest"],
+        ratio = r["windows"]["slowest_to_fastest"].as_f64().unwrap_or(0.0) * 100.0,
+        errors = r["errors"]
+            .as_object()
+            .map_or(0, |e| e.values().filter_map(Value::as_u64).sum::<u64>()),
+        ok = if r["correctness"]["ok"] == true {
+            "yes"
+        } else {
+            "NO"
+        },
+        peak = r["node_peak_rss_mb"],
+        rows = rows.join("\n"),
+        json = json_path.display(),
+    );
+    write_section(markdown, "soak", &generated)?;
+    eprintln!("wrote {} and {}", markdown.display(), json_path.display());
+    Ok(())
+}
+
+/// Replaces what stands between `<!-- NAME:begin ... -->` and
+/// `<!-- NAME:end -->` in `markdown` (appending the section if missing),
+/// keeping the hand-written text around it.
+fn write_section(markdown: &Path, name: &str, content: &str) -> anyhow::Result<()> {
+    let begin = format!("<!-- {name}:begin");
+    let end = format!("<!-- {name}:end -->");
+    let section = format!(
+        "{begin} (written by `troupe-bench`; edit outside the markers) -->\n{content}\n{end}"
+    );
+    let old = std::fs::read_to_string(markdown).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let updated = match (old.find(&begin), old.find(&end)) {
+        (Some(b), Some(e)) => format!("{}{section}{}", &old[..b], &old[e + end.len()..]),
+        _ => format!("{}\n{section}\n", old.trim_end()),
     };
     std::fs::write(markdown, updated)?;
-    eprintln!("wrote {} and {}", markdown.display(), json_path.display());
     Ok(())
 }
 
@@ -291,4 +468,34 @@ fn machine() -> String {
         })
         .unwrap_or(0);
     format!("{cores} cores ({cpu}), {mem} GiB RAM, Linux")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_section;
+
+    #[test]
+    fn sections_are_replaced_and_the_text_around_them_kept() {
+        let path = std::env::temp_dir().join(format!("troupe-bench-md-{}.md", std::process::id()));
+        std::fs::write(
+            &path,
+            "# B\n\nnotes\n<!-- soak:begin -->\nold\n<!-- soak:end -->\nafter\n",
+        )
+        .unwrap();
+        write_section(&path, "soak", "new").unwrap();
+        write_section(&path, "results", "r1").unwrap();
+        write_section(&path, "results", "r2").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(text.starts_with("# B\n\nnotes\n<!-- soak:begin"), "{text}");
+        assert!(
+            text.contains("-->\nnew\n<!-- soak:end -->\nafter\n"),
+            "{text}"
+        );
+        assert!(!text.contains("old") && !text.contains("r1"), "{text}");
+        assert!(
+            text.trim_end().ends_with("r2\n<!-- results:end -->"),
+            "{text}"
+        );
+    }
 }

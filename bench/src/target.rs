@@ -34,45 +34,34 @@ impl Target {
             &config,
             format!(
                 "node-id = 1\ndata-dir = \"{}\"\nhttp-addr = \"127.0.0.1:0\"\nnative-addr = \"127.0.0.1:0\"\nshards = {shards}\n\
-                 [storage]\nsync = true\n[engine]\npassivate-after = \"500ms\"\n{extra_toml}",
+                 [storage]\nsync = true\n{extra_toml}",
                 dir.join("data").display()
             ),
         )?;
-        let exe = std::env::current_exe()?;
-        let node = exe.with_file_name("troupe-node");
-        let mut child = Command::new(&node)
-            .args(["--config", config.to_str().unwrap_or_default()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join("node.log"))?)
-            .spawn()
-            .with_context(|| format!("starting {}", node.display()))?;
-        let stdout = child.stdout.take().context("node stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut native = String::new();
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("troupe-node native protocol on ") {
-                    native = addr.to_owned();
-                }
-                if let Some(http) = line.strip_prefix("troupe-node listening on ") {
-                    let _ = tx.send((native.clone(), http.to_owned()));
-                }
-            }
-        });
-        let Ok((native, http)) = rx.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            bail!(
-                "troupe-node did not start; see {}",
-                dir.join("node.log").display()
-            );
-        };
+        let (child, native, http) = start_node(&dir)?;
         Ok(Self {
             native,
             http,
             child: Some(child),
             dir: Some(dir),
         })
+    }
+
+    /// Kills the node with SIGKILL and starts it again on the same data
+    /// dir; returns how long it took until it answered again.
+    pub fn kill_and_restart(&mut self) -> anyhow::Result<Duration> {
+        let (Some(child), Some(dir)) = (self.child.as_mut(), self.dir.clone()) else {
+            bail!("only a node this harness started can be restarted");
+        };
+        child.kill()?;
+        child.wait()?;
+        let begin = std::time::Instant::now();
+        let (child, native, http) = start_node(&dir)?;
+        let took = begin.elapsed();
+        self.child = Some(child);
+        self.native = native;
+        self.http = http;
+        Ok(took)
     }
 
     /// A node already running.
@@ -97,19 +86,13 @@ impl Target {
 
     /// Resident memory now and at its peak, bytes.
     pub fn rss(&self) -> Option<(u64, u64)> {
-        let pid = self.child.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let kb = |key: &str| -> Option<u64> {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))?
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()
-        };
-        Some((kb("VmRSS:")? * 1024, kb("VmHWM:")? * 1024))
+        rss_of(self.child.as_ref()?.id())
+    }
+
+    /// A probe of the node's resident memory now (while this process runs).
+    pub fn rss_probe(&self) -> crate::load::RssProbe {
+        let pid = self.child.as_ref().map(Child::id);
+        std::sync::Arc::new(move || pid.and_then(rss_of).map(|(now, _)| now))
     }
 
     /// The node's Prometheus metrics.
@@ -131,6 +114,62 @@ impl Drop for Target {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Resident memory of process `pid` now and at its peak, bytes.
+fn rss_of(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = |key: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((kb("VmRSS:")? * 1024, kb("VmHWM:")? * 1024))
+}
+
+/// Starts `troupe-node` (found beside this binary) with `dir/node.toml`;
+/// returns once it listens, with its native and HTTP addresses.
+fn start_node(dir: &std::path::Path) -> anyhow::Result<(Child, String, String)> {
+    let config = dir.join("node.toml");
+    let exe = std::env::current_exe()?;
+    let node = exe.with_file_name("troupe-node");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))?;
+    let mut child = Command::new(&node)
+        .args(["--config", config.to_str().unwrap_or_default()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", node.display()))?;
+    let stdout = child.stdout.take().context("node stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut native = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("troupe-node native protocol on ") {
+                native = addr.to_owned();
+            }
+            if let Some(http) = line.strip_prefix("troupe-node listening on ") {
+                let _ = tx.send((native.clone(), http.to_owned()));
+            }
+        }
+    });
+    let Ok((native, http)) = rx.recv_timeout(Duration::from_secs(300)) else {
+        let _ = child.kill();
+        bail!(
+            "troupe-node did not start; see {}",
+            dir.join("node.log").display()
+        );
+    };
+    Ok((child, native, http))
 }
 
 /// Sums a metric's samples whose labels contain every `(key, value)`.

@@ -70,7 +70,9 @@ fn open_loop_and_waiting_instances_report_memory() {
         "32",
         "--count",
         "2000",
+        "--kill-restart",
     ]);
     assert_eq!(t["correctness"]["ok"], true, "{t:#}");
     assert!(t["memory_per_waiting_instance_bytes"].is_u64(), "{t:#}");
+    assert!(t["restart_after_kill_s"].as_f64().unwrap() > 0.0, "{t:#}");
 }

@@ -48,6 +48,8 @@ pub struct StorageConfig {
     pub max_batch: usize,
     /// Memory for RocksDB memtables across all column families, MiB.
     pub write_buffer_mb: usize,
+    /// RocksDB block cache shared by every column family, MiB.
+    pub block_cache_mb: usize,
 }
 
 impl Default for StorageConfig {
@@ -56,6 +58,7 @@ impl Default for StorageConfig {
             sync: true,
             max_batch: 4096,
             write_buffer_mb: 64,
+            block_cache_mb: 64,
         }
     }
 }
@@ -68,9 +71,11 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// Largest native-protocol frame.
     pub max_frame_bytes: usize,
-    /// Instances held in memory (not passivated) before new starts are
-    /// refused as overloaded.
-    pub max_live_instances: usize,
+    /// Memory for live instances and tasks waiting for workers, MiB. Above
+    /// three quarters of it idle instances are passivated, least recently
+    /// used first; when it is spent, new starts are refused as overloaded.
+    /// Idle and ended instances are not in memory and cost nothing here.
+    pub memory_budget_mb: usize,
     /// Client commands pending per shard before new ones are refused.
     pub max_pending_per_shard: usize,
     /// Worker tasks waiting for a worker before new starts are refused.
@@ -85,7 +90,7 @@ impl Default for LimitsConfig {
         Self {
             max_body_bytes: 1 << 20,
             max_frame_bytes: troupe_protocol::frame::DEFAULT_MAX_FRAME,
-            max_live_instances: 200_000,
+            memory_budget_mb: 256,
             max_pending_per_shard: 2_000,
             max_queued_tasks: 200_000,
             max_inflight_per_connection: 1_024,
@@ -110,7 +115,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            passivate_after: Duration::from_secs(30),
+            passivate_after: Duration::from_secs(2),
             restart_budget: 5,
             restart_window: Duration::from_secs(60),
         }
@@ -220,6 +225,9 @@ impl Config {
         if self.storage.write_buffer_mb < 4 {
             return invalid("storage.write-buffer-mb", "must be >= 4");
         }
+        if self.storage.block_cache_mb < 1 {
+            return invalid("storage.block-cache-mb", "must be >= 1");
+        }
         if self.limits.max_body_bytes < 1024 {
             return invalid("limits.max-body-bytes", "must be >= 1024");
         }
@@ -227,7 +235,7 @@ impl Config {
             return invalid("limits.max-frame-bytes", "must be >= 1024");
         }
         for (name, value) in [
-            ("limits.max-live-instances", self.limits.max_live_instances),
+            ("limits.memory-budget-mb", self.limits.memory_budget_mb),
             (
                 "limits.max-pending-per-shard",
                 self.limits.max_pending_per_shard,

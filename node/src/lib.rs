@@ -54,6 +54,7 @@ impl Node {
             &config.data_dir,
             config.shards,
             config.storage.write_buffer_mb << 20,
+            config.storage.block_cache_mb << 20,
         )?;
         let committer =
             Committer::start(store.clone(), config.storage.sync, config.storage.max_batch);
@@ -63,7 +64,7 @@ impl Node {
             restart_budget: config.engine.restart_budget,
             restart_window: config.engine.restart_window,
             max_pending_per_shard: config.limits.max_pending_per_shard,
-            max_live_instances: config.limits.max_live_instances,
+            memory_budget_bytes: config.limits.memory_budget_mb << 20,
             max_queued_tasks: config.limits.max_queued_tasks,
         };
         let runtime = Runtime::start(store, committer, settings, handlers).await?;

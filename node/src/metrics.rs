@@ -37,6 +37,10 @@ pub const TIMERS_ARMED: &str = "troupe_timers_armed";
 pub const TIMERS_FIRED_TOTAL: &str = "troupe_timers_fired_total";
 /// Instance actors in memory.
 pub const INSTANCES_LIVE: &str = "troupe_instances_live";
+/// Bytes charged to the memory budget (live instances and queued tasks).
+pub const MEMORY_BUDGET_USED_BYTES: &str = "troupe_memory_budget_used_bytes";
+/// Rounds of passivating idle instances because memory was short.
+pub const MEMORY_SHEDS_TOTAL: &str = "troupe_memory_sheds_total";
 /// Instance actors restarted after a failure.
 pub const INSTANCE_RESTARTS_TOTAL: &str = "troupe_instance_restarts_total";
 /// HTTP requests, by route and status class.
@@ -107,6 +111,15 @@ fn describe() {
     describe_gauge!(TIMERS_ARMED, "Durable timers armed");
     describe_counter!(TIMERS_FIRED_TOTAL, "Durable timers fired");
     describe_gauge!(INSTANCES_LIVE, "Instance actors held in memory");
+    describe_gauge!(
+        MEMORY_BUDGET_USED_BYTES,
+        Unit::Bytes,
+        "Bytes charged to the memory budget by live instances and queued tasks"
+    );
+    describe_counter!(
+        MEMORY_SHEDS_TOTAL,
+        "Rounds of passivating idle instances because the memory budget was above its soft mark"
+    );
     describe_counter!(
         INSTANCE_RESTARTS_TOTAL,
         "Instance actors restarted after a failure"

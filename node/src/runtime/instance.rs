@@ -1,7 +1,13 @@
 //! `WorkflowActor`: one live instance. It applies events with the engine,
 //! commits them, then carries out the effects. Its state on disk is always
 //! the truth: after any failure it is rebuilt from the snapshot.
+//!
+//! An actor stays in memory only while its instance works: it asks to be
+//! passivated as soon as the instance has ended (or does not exist), after
+//! `passivate-after` without commands, and at once when its shard sheds
+//! memory. Its memory is charged to the node's budget while it lives.
 
+use super::budget::{Charge, INSTANCE_OVERHEAD_BYTES, instance_bytes};
 use super::shard::ShardMsg;
 use super::{Applied, Command, Failure, ReplyTo, Services, effects};
 use crate::store::{InstanceRecord, Op, ParentLink, keys};
@@ -10,7 +16,7 @@ use serde_json::Value as Json;
 use std::sync::Arc;
 use std::time::Instant;
 use troupe_actors::definition::Definition;
-use troupe_actors::engine::{Effect, Event, EventKind, Instance, TaskPhase, apply};
+use troupe_actors::engine::{Effect, Event, EventKind, Instance, apply};
 use troupe_protocol::ErrorCode;
 
 /// The actor.
@@ -22,6 +28,8 @@ pub enum WorkflowMsg {
     Command(Command, Option<ReplyTo>),
     /// Passivate if idle long enough, else check again later.
     IdleCheck,
+    /// Memory is short: passivate now.
+    Shed,
 }
 
 /// Spawn arguments.
@@ -44,6 +52,8 @@ pub struct WorkflowState {
     record: Option<InstanceRecord>,
     definition: Option<Arc<Definition>>,
     last_active: Instant,
+    /// What this actor costs, charged to the node's memory budget.
+    charge: Charge,
 }
 
 impl Actor for WorkflowActor {
@@ -56,11 +66,13 @@ impl Actor for WorkflowActor {
         _: ActorRef<Self::Msg>,
         args: WorkflowArgs,
     ) -> Result<WorkflowState, ActorProcessingErr> {
+        let charge = Charge::new(&args.services.budget, INSTANCE_OVERHEAD_BYTES);
         Ok(WorkflowState {
             args,
             record: None,
             definition: None,
             last_active: Instant::now(),
+            charge,
         })
     }
 
@@ -70,7 +82,8 @@ impl Actor for WorkflowActor {
         state: &mut WorkflowState,
     ) -> Result<(), ActorProcessingErr> {
         let services = state.args.services.clone();
-        if let Some(record) = services.store.instance(&state.args.id)? {
+        if let Some((record, size)) = services.store.instance_sized(&state.args.id)? {
+            state.charge.resize(instance_bytes(size));
             let def = services.definitions.get(
                 &services.store,
                 &record.state.definition,
@@ -109,22 +122,37 @@ impl Actor for WorkflowActor {
                     .into());
                 }
                 state.last_active = Instant::now();
+                // Ended (or never existed): nothing more will happen here
+                // that storage cannot answer.
+                if state
+                    .record
+                    .as_ref()
+                    .is_none_or(|r| r.state.status.is_terminal())
+                {
+                    passivate(&myself, state);
+                }
             }
             WorkflowMsg::IdleCheck => {
                 let after = state.args.services.settings.passivate_after;
                 let idle = state.last_active.elapsed();
-                if idle >= after && !busy(state) {
-                    let _ = state.args.shard_actor.cast(ShardMsg::Passivate {
-                        id: state.args.id.clone(),
-                        actor: myself.get_id(),
-                    });
+                if idle >= after {
+                    passivate(&myself, state);
                 } else {
                     check_idle_after(&myself, after.saturating_sub(idle).max(after / 4));
                 }
             }
+            WorkflowMsg::Shed => passivate(&myself, state),
         }
         Ok(())
     }
+}
+
+/// Asks the shard to stop this actor once its queued messages are handled.
+fn passivate(myself: &ActorRef<WorkflowMsg>, state: &WorkflowState) {
+    let _ = state.args.shard_actor.cast(ShardMsg::Passivate {
+        id: state.args.id.clone(),
+        actor: myself.get_id(),
+    });
 }
 
 /// One pending idle check per actor: it re-arms itself until the actor is idle.
@@ -134,19 +162,6 @@ fn check_idle_after(myself: &ActorRef<WorkflowMsg>, after: std::time::Duration) 
         tokio::time::sleep(after).await;
         let _ = me.cast(WorkflowMsg::IdleCheck);
     });
-}
-
-/// Whether the instance has work running in this node whose result it waits for.
-fn busy(state: &WorkflowState) -> bool {
-    state.record.as_ref().is_some_and(|r| {
-        !r.state.status.is_terminal()
-            && r.state.steps.values().any(|run| {
-                [&run.task, &run.compensation]
-                    .into_iter()
-                    .flatten()
-                    .any(|t| t.phase == TaskPhase::Scheduled || t.phase == TaskPhase::Running)
-            })
-    })
 }
 
 async fn execute(state: &mut WorkflowState, command: Command) -> Result<Applied, Failure> {
@@ -287,8 +302,15 @@ async fn transition(state: &mut WorkflowState, kinds: Vec<EventKind>) -> Result<
         }
         ops.push(counter(after, 1));
     }
+    let snapshot_bytes = ops.iter().find_map(|op| match op {
+        Op::Put(cf, _, value) if *cf == keys::INSTANCES => Some(value.len()),
+        _ => None,
+    });
     let started = std::time::Instant::now();
     services.committer.commit(ops).await?;
+    if let Some(bytes) = snapshot_bytes {
+        state.charge.resize(instance_bytes(bytes));
+    }
     metrics::histogram!(crate::metrics::TRANSITION_SECONDS).record(started.elapsed().as_secs_f64());
     metrics::counter!(crate::metrics::TRANSITIONS_TOTAL).increment(journal.len() as u64);
     if before != after || is_start {

@@ -8,8 +8,10 @@
 //! records in one group commit, and only then carries out the effects and
 //! replies.
 
+pub mod budget;
 mod effects;
 mod instance;
+mod live;
 pub mod queue;
 mod shard;
 mod tasks;
@@ -222,8 +224,8 @@ pub struct Settings {
     pub restart_window: Duration,
     /// Client commands waiting or running per shard before new ones are refused.
     pub max_pending_per_shard: usize,
-    /// Live instances before new starts are refused.
-    pub max_live_instances: usize,
+    /// Bytes of live instances and queued work before new starts are refused.
+    pub memory_budget_bytes: usize,
     /// Worker tasks waiting for a worker before new starts are refused.
     pub max_queued_tasks: usize,
 }
@@ -241,7 +243,11 @@ pub struct Services {
     /// Queues of task attempts for workers.
     pub queues: queue::TaskQueues,
     /// Instance actors in memory.
-    pub live: AtomicUsize,
+    pub live: Arc<AtomicUsize>,
+    /// What live instances and queued work may cost in memory.
+    pub budget: Arc<budget::MemoryBudget>,
+    /// When idle instances were last shed, ms since the Unix epoch.
+    last_shed: std::sync::atomic::AtomicU64,
     /// Callers waiting for instances to end.
     pub finished: FinishWaiters,
     /// Leased attempts whose start is deferred to their report.
@@ -272,12 +278,22 @@ impl Services {
         self.queues.cancel(instance, path, attempt);
     }
 
-    /// Refuses new work when the node holds as much as its limits allow.
+    /// Refuses new work when the node holds as much as its limits allow:
+    /// its memory budget is spent although idle instances were shed, or too
+    /// many tasks wait for workers.
     pub fn admit_new_work(&self) -> Result<(), Failure> {
+        if self.budget.under_pressure() {
+            self.shed_idle();
+        }
         let settings = &self.settings;
-        let (live, queued) = (self.live.load(Ordering::Relaxed), self.queues.queued());
-        let refused = if live >= settings.max_live_instances {
-            Some(("live_instances", format!("{live} live instances")))
+        let queued = self.queues.queued();
+        let refused = if self.budget.spent() {
+            let used = self.budget.used() >> 20;
+            let live = self.live.load(Ordering::Relaxed);
+            Some((
+                "memory",
+                format!("{used} MiB held by {live} live instances and {queued} queued tasks"),
+            ))
         } else if queued >= settings.max_queued_tasks {
             Some(("queued_tasks", format!("{queued} tasks wait for workers")))
         } else {
@@ -292,6 +308,27 @@ impl Services {
                     format!("node is at its limit ({what}); retry later"),
                 ))
             }
+        }
+    }
+}
+
+impl Services {
+    /// Asks every shard to passivate its least recently used eighth of
+    /// live instances, at most once per 20 ms.
+    fn shed_idle(&self) {
+        let now = now_millis();
+        let last = self.last_shed.load(Ordering::Relaxed);
+        if now < last + 20
+            || self
+                .last_shed
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        metrics::counter!(crate::metrics::MEMORY_SHEDS_TOTAL).increment(1);
+        for shard in self.router().shards.iter() {
+            let _ = shard.cast(ShardMsg::Shed { one_in: 8 });
         }
     }
 }
@@ -384,6 +421,23 @@ async fn apply_deferred_starts(services: std::sync::Weak<Services>) {
     }
 }
 
+/// Keeps the memory budget from filling with idle instances while no new
+/// work comes in to notice (admission sheds too): above the soft mark,
+/// idle instances are shed ten times a second.
+async fn shed_under_pressure(services: std::sync::Weak<Services>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(services) = services.upgrade() else {
+            return;
+        };
+        if services.budget.under_pressure() {
+            services.shed_idle();
+        }
+    }
+}
+
 /// The running engine: shard actors, timers and tasks.
 #[derive(Clone)]
 pub struct Runtime {
@@ -403,13 +457,16 @@ impl Runtime {
     ) -> anyhow::Result<Self> {
         let armed = store.timers()?;
         crate::metrics::status_counts(&store.status_counts()?);
+        let budget = budget::MemoryBudget::new(settings.memory_budget_bytes);
         let services = Arc::new_cyclic(|weak: &std::sync::Weak<Services>| Services {
             store: store.clone(),
             committer,
             definitions: DefinitionCache::default(),
             settings: settings.clone(),
-            queues: queue::TaskQueues::default(),
-            live: AtomicUsize::new(0),
+            queues: queue::TaskQueues::new(budget.clone()),
+            live: Arc::new(AtomicUsize::new(0)),
+            budget,
+            last_shed: Default::default(),
             finished: FinishWaiters::default(),
             pending_starts: queue::PendingStarts::default(),
             router: OnceLock::new(),
@@ -432,6 +489,7 @@ impl Runtime {
         });
         services.timers.begin();
         tokio::spawn(apply_deferred_starts(Arc::downgrade(&services)));
+        tokio::spawn(shed_under_pressure(Arc::downgrade(&services)));
         let runtime = Self {
             services,
             shard_actors,

@@ -5,8 +5,9 @@
 //! The queues are memory only: the durable copy of every queued attempt is
 //! its `outbox` entry, which recovery puts back here after a restart.
 
+use super::budget::{MemoryBudget, QUEUED_TASK_OVERHEAD_BYTES, json_bytes};
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use troupe_actors::engine::TaskDispatch;
 
@@ -37,7 +38,17 @@ struct Inner {
     /// Where the next push starts looking, so that workers take turns.
     turn: usize,
     queued: usize,
+    /// Estimated bytes of the queued attempts.
+    bytes: usize,
     next_waiter: u64,
+}
+
+/// What a queued attempt costs in memory.
+fn cost(task: &Queued) -> usize {
+    QUEUED_TASK_OVERHEAD_BYTES
+        + task.instance.len()
+        + task.dispatch.path.len()
+        + json_bytes(&task.dispatch.input)
 }
 
 impl Inner {
@@ -50,25 +61,68 @@ impl Inner {
             };
             while waiter.credit > 0 {
                 let Some(task) = queue.pop_front() else { break };
-                self.queued -= 1;
                 waiter.credit -= 1;
-                if let Err(returned) = waiter.inbox.send(task) {
-                    queue.push_front(returned.0);
-                    self.queued += 1;
-                    waiter.credit = 0;
+                let size = cost(&task);
+                match waiter.inbox.send(task) {
+                    Ok(()) => {
+                        self.queued -= 1;
+                        self.bytes -= size;
+                    }
+                    Err(returned) => {
+                        queue.push_front(returned.0);
+                        waiter.credit = 0;
+                    }
                 }
             }
         }
     }
+
+    fn enqueue(&mut self, task: Queued, front: bool) {
+        self.queued += 1;
+        self.bytes += cost(&task);
+        let queue = self
+            .queues
+            .entry(task.dispatch.task_type.clone())
+            .or_default();
+        if front {
+            queue.push_front(task);
+        } else {
+            queue.push_back(task);
+        }
+    }
 }
 
-/// The queues of one node.
-#[derive(Default)]
+/// The queues of one node; what waits in them is charged to the node's
+/// memory budget.
 pub struct TaskQueues {
     inner: Mutex<Inner>,
+    budget: Arc<MemoryBudget>,
+    /// Bytes charged to the budget (updated under the lock).
+    charged: Mutex<usize>,
 }
 
 impl TaskQueues {
+    /// Empty queues charging `budget`.
+    pub fn new(budget: Arc<MemoryBudget>) -> Self {
+        Self {
+            inner: Mutex::default(),
+            budget,
+            charged: Mutex::new(0),
+        }
+    }
+
+    /// Brings the gauge and the budget in line with the queues.
+    fn settle(&self, inner: &Inner) {
+        metrics::gauge!(crate::metrics::TASKS_QUEUED).set(inner.queued as f64);
+        let mut charged = self.charged.lock().expect("charge lock");
+        if inner.bytes > *charged {
+            self.budget.charge(inner.bytes - *charged);
+        } else {
+            self.budget.release(*charged - inner.bytes);
+        }
+        *charged = inner.bytes;
+    }
+
     /// Queues an attempt, or hands it straight to a waiter with credit.
     pub fn push(&self, instance: &str, dispatch: TaskDispatch) {
         let mut task = Queued {
@@ -96,26 +150,30 @@ impl TaskQueues {
                 }
             }
         }
-        inner.queues.entry(task_type).or_default().push_back(task);
-        inner.queued += 1;
-        metrics::gauge!(crate::metrics::TASKS_QUEUED).set(inner.queued as f64);
+        inner.enqueue(task, false);
+        self.settle(&inner);
     }
 
     /// Removes a queued attempt that should no longer run. An attempt already
     /// handed out is not recalled: its late result is ignored by the engine.
     pub fn cancel(&self, instance: &str, path: &str, attempt: u32) {
         let mut inner = self.inner.lock().expect("queue lock");
-        let mut removed = 0;
+        let (mut removed, mut bytes) = (0, 0);
         for queue in inner.queues.values_mut() {
-            let before = queue.len();
             queue.retain(|t| {
-                !(t.instance == instance
+                let keep = !(t.instance == instance
                     && t.dispatch.path == path
-                    && t.dispatch.attempt == attempt)
+                    && t.dispatch.attempt == attempt);
+                if !keep {
+                    removed += 1;
+                    bytes += cost(t);
+                }
+                keep
             });
-            removed += before - queue.len();
         }
         inner.queued -= removed;
+        inner.bytes -= bytes;
+        self.settle(&inner);
     }
 
     /// Registers a waiter for `task_types` with `credit`; it is fed at once
@@ -132,7 +190,7 @@ impl TaskQueues {
         });
         let index = inner.waiters.len() - 1;
         inner.feed(index);
-        metrics::gauge!(crate::metrics::TASKS_QUEUED).set(inner.queued as f64);
+        self.settle(&inner);
         id
     }
 
@@ -145,7 +203,7 @@ impl TaskQueues {
         let w = &mut inner.waiters[index];
         w.credit = w.credit.saturating_add(credit);
         inner.feed(index);
-        metrics::gauge!(crate::metrics::TASKS_QUEUED).set(inner.queued as f64);
+        self.settle(&inner);
         true
     }
 
@@ -155,18 +213,12 @@ impl TaskQueues {
         let mut inner = self.inner.lock().expect("queue lock");
         inner.waiters.retain(|w| w.id != waiter);
         for task in undelivered.into_iter().rev() {
-            inner
-                .queues
-                .entry(task.dispatch.task_type.clone())
-                .or_default()
-                .push_front(task);
-            inner.queued += 1;
+            inner.enqueue(task, true);
         }
-        let waiting: Vec<usize> = (0..inner.waiters.len()).collect();
-        for index in waiting {
+        for index in 0..inner.waiters.len() {
             inner.feed(index);
         }
-        metrics::gauge!(crate::metrics::TASKS_QUEUED).set(inner.queued as f64);
+        self.settle(&inner);
     }
 
     /// Attempts waiting for a worker.
@@ -296,7 +348,8 @@ mod tests {
 
     #[test]
     fn waiters_get_no_more_than_their_credit() {
-        let queues = TaskQueues::default();
+        let budget = MemoryBudget::new(1 << 20);
+        let queues = TaskQueues::new(budget.clone());
         for n in 0..5 {
             queues.push("i", dispatch("a", &format!("s{n}")));
         }
@@ -314,11 +367,19 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().dispatch.path, "late");
         queues.unregister(waiter, got);
         assert_eq!(queues.queued(), 3, "undelivered attempts are queued again");
+        let cost =
+            |path: &str| QUEUED_TASK_OVERHEAD_BYTES + 1 + path.len() + json_bytes(&json!(null));
+        assert_eq!(
+            budget.used(),
+            cost("s0") + cost("s1") + cost("other"),
+            "queued attempts are charged"
+        );
     }
 
     #[test]
     fn cancelled_attempts_leave_the_queue() {
-        let queues = TaskQueues::default();
+        let budget = MemoryBudget::new(1 << 20);
+        let queues = TaskQueues::new(budget.clone());
         queues.push("i", dispatch("a", "s"));
         queues.push("j", dispatch("a", "s"));
         queues.cancel("i", "s", 1);
@@ -327,5 +388,6 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         queues.register(vec!["a".into()], 5, tx);
         assert_eq!(rx.try_recv().unwrap().instance, "j");
+        assert_eq!(budget.used(), 0, "nothing queued, nothing charged");
     }
 }

@@ -1,13 +1,14 @@
 //! `ShardActor`: supervises the live instances of one shard. It routes
 //! commands to instance actors (spawning them on demand), passivates idle
-//! ones without losing messages, and restarts crashed ones under a budget.
+//! and ended ones without losing messages, sheds the least recently used
+//! under memory pressure, and restarts crashed ones under a budget.
 
 use super::instance::{WorkflowActor, WorkflowArgs, WorkflowMsg};
+use super::live::LiveSet;
 use super::{Command, Failure, ReplyTo, Services};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use troupe_protocol::ErrorCode;
 
@@ -25,7 +26,7 @@ pub enum ShardMsg {
         /// Where the result goes.
         reply: Option<ReplyTo>,
     },
-    /// An idle instance asks to be passivated.
+    /// An idle or ended instance asks to be passivated.
     Passivate {
         /// Instance id.
         id: String,
@@ -36,6 +37,12 @@ pub enum ShardMsg {
     Respawn {
         /// Instance id.
         id: String,
+    },
+    /// Memory is short: ask this share (1/n) of the live instances, least
+    /// recently used first, to passivate.
+    Shed {
+        /// The share's denominator.
+        one_in: usize,
     },
 }
 
@@ -51,8 +58,7 @@ pub struct ShardArgs {
 pub struct ShardState {
     shard: u32,
     services: Arc<Services>,
-    live: HashMap<String, ActorRef<WorkflowMsg>>,
-    ids: HashMap<ActorId, String>,
+    live: LiveSet,
     /// Commands held while an instance's actor stops or restarts.
     parked: HashMap<String, Vec<(Command, Option<ReplyTo>)>>,
     restarts: HashMap<String, Vec<Instant>>,
@@ -71,9 +77,8 @@ impl Actor for ShardActor {
     ) -> Result<ShardState, ActorProcessingErr> {
         Ok(ShardState {
             shard: args.shard,
+            live: LiveSet::new(args.services.live.clone()),
             services: args.services,
-            live: HashMap::new(),
-            ids: HashMap::new(),
             parked: HashMap::new(),
             restarts: HashMap::new(),
             quarantined: HashSet::new(),
@@ -91,13 +96,17 @@ impl Actor for ShardActor {
                 deliver(&myself, state, id, command, reply).await?
             }
             ShardMsg::Passivate { id, actor } => {
-                if state.live.get(&id).is_some_and(|a| a.get_id() == actor) {
+                if state.live.is_live(&id, &actor) {
                     let actor = state.live.remove(&id).expect("checked");
                     state.parked.entry(id).or_default();
                     // drain: messages already queued are still processed, then it stops.
                     let _ = actor.drain();
-                    metrics::gauge!(crate::metrics::INSTANCES_LIVE).decrement(1.0);
-                    state.services.live.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            ShardMsg::Shed { one_in } => {
+                let n = state.live.len().div_ceil(one_in.max(1));
+                for actor in state.live.least_recent(n) {
+                    let _ = actor.cast(WorkflowMsg::Shed);
                 }
             }
             ShardMsg::Respawn { id } => {
@@ -122,6 +131,14 @@ impl Actor for ShardActor {
                 let Some(id) = state.forget(cell.get_id()) else {
                     return Ok(());
                 };
+                let window = state.services.settings.restart_window;
+                if state
+                    .restarts
+                    .get(&id)
+                    .is_some_and(|recent| recent.iter().all(|t| t.elapsed() >= window))
+                {
+                    state.restarts.remove(&id);
+                }
                 // Commands that arrived while it stopped go to a fresh actor.
                 match state.parked.remove(&id) {
                     Some(parked) if !parked.is_empty() => {
@@ -171,13 +188,7 @@ impl Actor for ShardActor {
 impl ShardState {
     /// Drops an ended actor from the maps; returns the instance it served.
     fn forget(&mut self, actor: ActorId) -> Option<String> {
-        let id = self.ids.remove(&actor)?;
-        if self.live.get(&id).is_some_and(|a| a.get_id() == actor) {
-            self.live.remove(&id);
-            metrics::gauge!(crate::metrics::INSTANCES_LIVE).decrement(1.0);
-            self.services.live.fetch_sub(1, Ordering::Relaxed);
-        }
-        Some(id)
+        self.live.ended(actor)
     }
 }
 
@@ -205,8 +216,8 @@ async fn deliver(
         parked.push((command, reply));
         return Ok(());
     }
-    let actor = match state.live.get(&id) {
-        Some(actor) => actor.clone(),
+    let actor = match state.live.use_actor(&id) {
+        Some(actor) => actor,
         None => spawn(myself, state, &id, false).await?,
     };
     // The actor is stopping: keep the command for its successor.
@@ -217,6 +228,69 @@ async fn deliver(
         state.parked.entry(id).or_default().push((command, reply));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{Runtime, Settings, TaskHandlers};
+    use crate::store::{Committer, Store};
+    use std::sync::atomic::Ordering;
+
+    /// A delivery to an actor that stopped on its own (a crash, say) parks
+    /// the command for its successor; once the stop is seen, the node's
+    /// live count is back where it was.
+    #[tokio::test]
+    async fn delivery_to_a_stopped_actor_keeps_the_live_count_exact() {
+        let dir = std::env::temp_dir().join(format!("troupe-shard-live-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir, 1, 8 << 20, 8 << 20).unwrap();
+        let committer = Committer::start(store.clone(), false, 64);
+        let settings = Settings {
+            shards: 1,
+            passivate_after: Duration::from_secs(60),
+            restart_budget: 5,
+            restart_window: Duration::from_secs(60),
+            max_pending_per_shard: 100,
+            memory_budget_bytes: 64 << 20,
+            max_queued_tasks: 100,
+        };
+        let runtime = Runtime::start(store, committer, settings, TaskHandlers::default())
+            .await
+            .unwrap();
+        let services = runtime.services.clone();
+        // A shard state of our own, beside the runtime's shard actor (which
+        // receives the supervision events of the actors spawned here).
+        let myself = runtime.shard_actors[0].clone();
+        let mut state = ShardState {
+            shard: 0,
+            live: LiveSet::new(services.live.clone()),
+            services: services.clone(),
+            parked: HashMap::new(),
+            restarts: HashMap::new(),
+            quarantined: HashSet::new(),
+        };
+        let before = services.live.load(Ordering::Relaxed);
+        deliver(&myself, &mut state, "x".into(), Command::Recover, None)
+            .await
+            .unwrap();
+        assert_eq!(services.live.load(Ordering::Relaxed), before + 1);
+        let actor = state.live.use_actor("x").expect("spawned");
+        actor.stop_and_wait(None, None).await.unwrap();
+
+        deliver(&myself, &mut state, "x".into(), Command::Recover, None)
+            .await
+            .unwrap();
+        assert_eq!(state.parked.get("x").map(Vec::len), Some(1), "parked");
+        assert_eq!(state.forget(actor.get_id()).as_deref(), Some("x"));
+        assert_eq!(
+            services.live.load(Ordering::Relaxed),
+            before,
+            "the stopped actor no longer counts as live"
+        );
+        runtime.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 async fn spawn(
@@ -233,9 +307,6 @@ async fn spawn(
         recover,
     };
     let (actor, _) = Actor::spawn_linked(None, WorkflowActor, args, myself.get_cell()).await?;
-    state.ids.insert(actor.get_id(), id.to_owned());
-    state.live.insert(id.to_owned(), actor.clone());
-    metrics::gauge!(crate::metrics::INSTANCES_LIVE).increment(1.0);
-    state.services.live.fetch_add(1, Ordering::Relaxed);
+    state.live.insert(id, actor.clone());
     Ok(actor)
 }

@@ -163,8 +163,14 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the database in `dir` for `shards` shards, with
-    /// at most `write_buffer_bytes` of memtables across column families.
-    pub fn open(dir: &Path, shards: u32, write_buffer_bytes: usize) -> Result<Self> {
+    /// at most `write_buffer_bytes` of memtables across column families and
+    /// one block cache of `block_cache_bytes` shared by them.
+    pub fn open(
+        dir: &Path,
+        shards: u32,
+        write_buffer_bytes: usize,
+        block_cache_bytes: usize,
+    ) -> Result<Self> {
         let mut options = Options::default();
         options.set_db_write_buffer_size(write_buffer_bytes);
         options.create_if_missing(true);
@@ -177,12 +183,16 @@ impl Store {
         env.lower_thread_pool_cpu_priority();
         env.lower_high_priority_thread_pool_cpu_priority();
         options.set_env(&env);
+        // One cache for every column family (each table factory would
+        // otherwise get its own default cache), so memory stays bounded.
+        let cache = rocksdb::Cache::new_lru_cache(block_cache_bytes);
         let cfs = keys::ALL.iter().map(|name| {
             let mut cf = Options::default();
             // Bloom filters: a start looks up an id that usually does not
             // exist yet, which without them reads index blocks of every file.
             let mut table = rocksdb::BlockBasedOptions::default();
             table.set_bloom_filter(10.0, false);
+            table.set_block_cache(&cache);
             cf.set_block_based_table_factory(&table);
             if *name == keys::COUNTERS {
                 cf.set_merge_operator_associative("add_i64", add_i64);
@@ -291,6 +301,17 @@ impl Store {
     /// An instance.
     pub fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
         self.get(keys::INSTANCES, id.as_bytes())
+    }
+
+    /// An instance and the size of its stored snapshot, bytes.
+    pub fn instance_sized(&self, id: &str) -> Result<Option<(InstanceRecord, usize)>> {
+        let cf = keys::INSTANCES;
+        match self.db.get_pinned_cf(self.cf(cf), id.as_bytes())? {
+            Some(bytes) => codec::decode(&bytes)
+                .map(|record| Some((record, bytes.len())))
+                .map_err(|source| Error::Corrupt { cf, source }),
+            None => Ok(None),
+        }
     }
 
     /// Instances in id order after `cursor`, at most `limit`.

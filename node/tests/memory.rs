@@ -1,0 +1,123 @@
+//! What a node keeps in memory: ended instances leave at once, and waiting
+//! ones are shed when the memory budget runs short, so a node with a small
+//! budget still takes every start.
+
+mod common;
+
+use common::{Api, TempDir, eventually};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use troupe_node::{Config, Node};
+
+/// A node that would keep idle instances for an hour, with `limits` TOML.
+async fn node(dir: &TempDir, limits: &str) -> (Node, Api) {
+    let config = Config::from_toml(&format!(
+        "node-id = 1\ndata-dir = \"{}\"\nhttp-addr = \"127.0.0.1:0\"\nnative-addr = \"127.0.0.1:0\"\nshards = 4\n\
+         [engine]\npassivate-after = \"1h\"\n[limits]\n{limits}\n",
+        dir.path().join("data").display()
+    ))
+    .unwrap();
+    let node = Node::start(config).await.expect("node starts");
+    let api = Api::new(&format!("http://{}", node.http_addr()));
+    (node, api)
+}
+
+fn live(node: &Node) -> usize {
+    node.runtime().services.live.load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_instances_leave_memory_at_once() {
+    let dir = TempDir::new("memory-ended");
+    let (node, api) = node(&dir, "").await;
+    api.deploy("name: three\nversion: 1\nsteps:\n  - { id: a, task: noop }\n  - { id: b, task: noop }\n  - { id: c, task: noop }\n")
+        .await;
+    for n in 0..50 {
+        let view = api
+            .start("three", &format!("done-{n}"), json!({"n": n}))
+            .await;
+        assert_eq!(view["status"], "completed", "{view}");
+    }
+    // A repeated start, a signal to an ended instance and one to an unknown
+    // id each wake an actor; none of them stays.
+    let (status, _) = api
+        .post(
+            "/v1/workflows",
+            json!({"definition": "three", "id": "done-0", "input": {"n": 0}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    api.post(
+        "/v1/workflows/done-1/signals/late",
+        json!({"id": "s1", "payload": {}}),
+    )
+    .await;
+    let (status, _) = api
+        .post(
+            "/v1/workflows/nobody/signals/x",
+            json!({"id": "s2", "payload": {}}),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    eventually(10, "every actor to leave memory", || async {
+        (live(&node) == 0).then_some(())
+    })
+    .await;
+    assert_eq!(node.runtime().services.budget.used(), 0, "nothing charged");
+    // Reads of ended instances come from storage.
+    assert_eq!(api.workflow("done-49").await["status"], "completed");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_instances_are_shed_when_memory_runs_short() {
+    let dir = TempDir::new("memory-shed");
+    // About a hundred small live instances fit in 1 MiB.
+    let (node, api) = node(&dir, "memory-budget-mb = 1").await;
+    api.deploy("name: nap\nversion: 1\nsteps:\n  - { id: nap, wait: 1h }\n")
+        .await;
+    let budget = node.runtime().services.budget.clone();
+    let (mut refused, mut most_live) = (0u32, 0usize);
+    for n in 0..600 {
+        let id = format!("nap-{n}");
+        loop {
+            let (status, body) = api
+                .post(
+                    "/v1/workflows",
+                    json!({"definition": "nap", "id": id, "input": {}}),
+                )
+                .await;
+            match status {
+                201 => break,
+                429 => {
+                    refused += 1;
+                    assert!(refused < 2_000, "starts refused for good: {body}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => panic!("start {id}: {other} {body}"),
+            }
+        }
+        most_live = most_live.max(live(&node));
+    }
+    eprintln!("refused {refused} times; at most {most_live} live");
+    assert!(
+        budget.used() <= budget.limit(),
+        "{} bytes charged of {}",
+        budget.used(),
+        budget.limit()
+    );
+    assert!(
+        most_live < 300,
+        "idle instances were kept although memory was short: {most_live} live"
+    );
+    // Every instance waits, in memory or not, and wakes when addressed.
+    for id in ["nap-0", "nap-300", "nap-599"] {
+        assert_eq!(api.workflow(id).await["status"], "waiting", "{id}");
+    }
+    let (status, body) = api.post("/v1/workflows/nap-0/cancel", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    api.wait_status("nap-0", "cancelled").await;
+    node.shutdown().await;
+}
