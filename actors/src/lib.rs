@@ -1,14 +1,48 @@
-//! The Troupe workflow engine.
+//! Troupe's actors: the effectful shell around the engine: ractor actors that own instances,
+//! the timer service, the task runner, and the handle the listeners use.
 //!
-//! - [`definition`]: the workflow language, parsed from YAML or JSON and
-//!   validated with every error reported at once.
-//! - [`expr`]: CEL expressions and `${...}` templates.
-//! - [`engine`]: the pure instance state machine, `(state, event) -> (state',
-//!   effects)`, with no I/O, no clock and no randomness but what events carry.
+//! A command for an instance goes to the actor of its shard
+//! (`shard_of(id)`), which forwards it to the instance's actor, spawning it
+//! (and loading its snapshot) when it is not live. The instance actor applies
+//! the event with the engine, commits the journal entry, snapshot and side
+//! records in one group commit, and only then carries out the effects and
+//! replies.
 //!
-//! This crate must not depend on RocksDB, networking or any clock: the node
-//! journals the events it is fed and carries out the effects it returns.
+//! The crate talks to storage through `troupe-storage` only (no RocksDB, no
+//! keys) and carries out what the pure engine (`troupe-engine`) returns.
 
-pub mod definition;
-pub mod engine;
-pub mod expr;
+pub mod budget;
+mod command;
+mod definitions;
+mod effects;
+mod error;
+mod instance;
+mod live;
+pub mod metrics;
+pub mod queue;
+mod router;
+mod runtime;
+mod services;
+mod shard;
+mod tasks;
+mod timers;
+pub mod view;
+mod waiters;
+
+pub use command::{Applied, Command, ReplyTo};
+pub use definitions::DefinitionCache;
+pub use error::{Error, Result};
+pub use router::Router;
+pub use runtime::Runtime;
+pub use services::{Services, Settings};
+pub use tasks::{TaskError, TaskHandler, TaskHandlers, TaskRequest};
+pub use waiters::FinishWaiters;
+
+use troupe_engine::engine::Millis;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

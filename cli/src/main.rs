@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use troupe_actors::definition::{self, Definition};
+use troupe_engine::definition::{self, Definition};
 
 #[derive(Parser)]
 #[command(name = "troupe", version, about = "Troupe workflow orchestration CLI")]

@@ -8,8 +8,8 @@
 use anyhow::{Context, bail};
 use serde_json::{Value as Json, json};
 use std::collections::{BTreeMap, VecDeque};
-use troupe_actors::definition::Definition;
-use troupe_actors::engine::{
+use troupe_engine::definition::Definition;
+use troupe_engine::engine::{
     Effect, ErrorInfo, Event, EventKind, Instance, InstanceStatus, Millis, TimerId, apply,
 };
 

@@ -1,14 +1,14 @@
 //! The operations of the public API, independent of transport: the HTTP
 //! listener (and later the native protocol) are thin layers over these.
 
-use crate::runtime::{Applied, Command, Failure, Runtime, view};
-use crate::store::{DefinitionRecord, Op, keys};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use std::sync::atomic::{AtomicU64, Ordering};
-use troupe_actors::definition;
-use troupe_actors::engine::{EventKind, InstanceStatus};
-use troupe_protocol::{ErrorCode, shard_of, stable_hash};
+use troupe_actors::{Applied, Command, Runtime, view};
+use troupe_engine::definition;
+use troupe_engine::engine::{EventKind, InstanceStatus};
+use troupe_protocol::{ErrorCode, stable_hash};
+use troupe_storage::{DefinitionRecord, ListOrder, Store};
 
 /// An API error: a stable code, a message and optional details.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,16 +32,35 @@ impl ApiError {
     }
 }
 
-impl From<Failure> for ApiError {
-    fn from(f: Failure) -> Self {
-        Self::new(f.code, f.message)
+impl ApiError {
+    /// Whether the same request may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.code, ErrorCode::Unavailable | ErrorCode::Overloaded)
     }
 }
 
-impl From<crate::store::Error> for ApiError {
-    fn from(e: crate::store::Error) -> Self {
-        Failure::from(e).into()
+impl From<troupe_actors::Error> for ApiError {
+    fn from(e: troupe_actors::Error) -> Self {
+        Self::new(e.code, e.message)
     }
+}
+
+impl From<troupe_storage::Error> for ApiError {
+    fn from(e: troupe_storage::Error) -> Self {
+        troupe_actors::Error::from(e).into()
+    }
+}
+
+/// Runs a storage read (or synced write) on the blocking pool, off the
+/// async workers.
+async fn blocking<T: Send + 'static>(
+    rt: &Runtime,
+    read: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let store = rt.services.store.clone();
+    tokio::task::spawn_blocking(move || read(&store))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("storage task failed: {e}")))?
 }
 
 /// API result.
@@ -52,17 +71,21 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// Deploys a definition document; `Ok(true)` when it is new.
-pub fn deploy(rt: &Runtime, source: &str) -> Result<(bool, DefinitionRecord)> {
+pub async fn deploy(rt: &Runtime, source: &str) -> Result<(bool, DefinitionRecord)> {
     let def = definition::load(source).map_err(|issues| ApiError {
         code: ErrorCode::InvalidDefinition,
         message: format!("definition has {} error(s)", issues.len()),
         details: json!({ "errors": issues }),
     })?;
-    let store = &rt.services.store;
-    if let Some(existing) = store.definition(&def.name, def.version)? {
-        if existing.source == source {
-            return Ok((false, existing));
-        }
+    let record = DefinitionRecord {
+        name: def.name.clone(),
+        version: def.version,
+        source: source.to_owned(),
+        deployed_at: troupe_actors::now_millis(),
+    };
+    let (created, stored) =
+        blocking(rt, move |store| Ok(store.deploy_definition(&record)?)).await?;
+    if !created && stored.source != source {
         return Err(ApiError::new(
             ErrorCode::DefinitionConflict,
             format!(
@@ -71,19 +94,8 @@ pub fn deploy(rt: &Runtime, source: &str) -> Result<(bool, DefinitionRecord)> {
             ),
         ));
     }
-    let record = DefinitionRecord {
-        name: def.name.clone(),
-        version: def.version,
-        source: source.to_owned(),
-        deployed_at: crate::runtime::now_millis(),
-    };
-    store.write_now(vec![Op::put(
-        keys::DEFINITIONS,
-        keys::definition(&def.name, def.version),
-        &record,
-    )])?;
     rt.services.definitions.deployed(&def.name, def.version);
-    Ok((true, record))
+    Ok((created, stored))
 }
 
 /// Definition metadata (without the source).
@@ -92,11 +104,9 @@ pub fn definition_summary(d: &DefinitionRecord) -> Json {
 }
 
 /// Every deployed definition version.
-pub fn definitions(rt: &Runtime) -> Result<Json> {
-    let all: Vec<Json> = rt
-        .services
-        .store
-        .definitions()?
+pub async fn definitions(rt: &Runtime) -> Result<Json> {
+    let all: Vec<Json> = blocking(rt, |store| Ok(store.definitions()?))
+        .await?
         .iter()
         .map(definition_summary)
         .collect();
@@ -104,8 +114,13 @@ pub fn definitions(rt: &Runtime) -> Result<Json> {
 }
 
 /// Versions of one definition, or one version with its source.
-pub fn definition(rt: &Runtime, name: &str, version: Option<u32>) -> Result<Json> {
-    let store = &rt.services.store;
+pub async fn definition(rt: &Runtime, name: &str, version: Option<u32>) -> Result<Json> {
+    let name_owned = name.to_owned();
+    let found = blocking(rt, move |store| match version {
+        Some(v) => Ok(store.definition(&name_owned, v)?.into_iter().collect()),
+        None => Ok(store.definition_versions(&name_owned)?),
+    })
+    .await?;
     let missing = || {
         ApiError::new(
             ErrorCode::DefinitionNotFound,
@@ -113,19 +128,18 @@ pub fn definition(rt: &Runtime, name: &str, version: Option<u32>) -> Result<Json
         )
     };
     match version {
-        Some(v) => {
-            let d = store.definition(name, v)?.ok_or_else(missing)?;
+        Some(_) => {
+            let d = found.into_iter().next().ok_or_else(missing)?;
             let mut out = definition_summary(&d);
             out["source"] = json!(d.source);
             Ok(out)
         }
         None => {
-            let versions = store.definition_versions(name)?;
-            if versions.is_empty() {
+            if found.is_empty() {
                 return Err(missing());
             }
             Ok(
-                json!({ "name": name, "versions": versions.iter().map(definition_summary).collect::<Vec<_>>() }),
+                json!({ "name": name, "versions": found.iter().map(definition_summary).collect::<Vec<_>>() }),
             )
         }
     }
@@ -212,27 +226,68 @@ pub async fn start(rt: &Runtime, request: StartRequest) -> Result<(bool, Json)> 
         .await?;
     match applied {
         Applied::Started { created, view } => Ok((created, view)),
-        other => Ok((matches!(other, Applied::Done), workflow(rt, &id)?)),
+        other => Ok((matches!(other, Applied::Done), workflow(rt, &id).await?)),
+    }
+}
+
+/// Refuses reads of a shard this node does not serve (its state here may be
+/// stale or gone).
+fn serving(rt: &Runtime, shard: u32) -> Result<()> {
+    if rt.router().is_active(shard) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!("shard {shard} is not active on this node; retry"),
+        ))
     }
 }
 
 /// An instance as stored (its last durable state).
-pub fn workflow(rt: &Runtime, id: &str) -> Result<Json> {
-    let record = rt
-        .services
-        .store
-        .instance(id)?
+pub async fn workflow(rt: &Runtime, id: &str) -> Result<Json> {
+    let (shard, owned) = (rt.router().shard_of(id), id.to_owned());
+    serving(rt, shard)?;
+    let record = blocking(rt, move |store| Ok(store.instance(shard, &owned)?))
+        .await?
         .ok_or_else(|| not_found(id))?;
     Ok(view::instance(&record.state))
 }
 
-/// An instance's journal.
-pub fn history(rt: &Runtime, id: &str) -> Result<Json> {
-    if rt.services.store.instance(id)?.is_none() {
-        return Err(not_found(id));
-    }
-    let shard = shard_of(id, rt.services.settings.shards);
-    Ok(view::history(&rt.services.store.history(shard, id)?))
+/// History page size when none is asked for, and the most one page holds.
+const HISTORY_PAGE: (usize, usize) = (1000, 10_000);
+
+/// One page of an instance's journal: events after sequence number
+/// `cursor`, at most `limit`.
+pub async fn history(
+    rt: &Runtime,
+    id: &str,
+    cursor: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Json> {
+    let after = match cursor {
+        None => None,
+        Some(c) => Some(c.parse::<u64>().map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "cursor must be a sequence number",
+            )
+        })?),
+    };
+    let limit = limit.unwrap_or(HISTORY_PAGE.0).clamp(1, HISTORY_PAGE.1);
+    let (shard, owned) = (rt.router().shard_of(id), id.to_owned());
+    serving(rt, shard)?;
+    let page = blocking(rt, move |store| {
+        if store.instance(shard, &owned)?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(store.history(shard, &owned, after, limit)?))
+    })
+    .await?
+    .ok_or_else(|| not_found(id))?;
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|(seq, _)| *seq))
+        .flatten();
+    Ok(view::history(&page, next))
 }
 
 /// Listing filters.
@@ -245,44 +300,45 @@ pub struct ListQuery {
     pub definition: Option<String>,
     /// Page size (default 100, at most 1000).
     pub limit: Option<usize>,
-    /// Continue after this id.
+    /// Continue where the previous page ended (its `next_cursor`).
     pub cursor: Option<String>,
+    /// `id` (default) or `newest` (most recently updated first).
+    pub order: Option<String>,
 }
 
-/// Instances in id order, filtered, one page at a time.
-pub fn list(rt: &Runtime, query: ListQuery) -> Result<Json> {
+/// Instances filtered by status and definition, in id order or (with
+/// `order=newest`) most recently updated first, one page at a time, read
+/// through the secondary indexes.
+pub async fn list(rt: &Runtime, query: ListQuery) -> Result<Json> {
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let mut cursor = query.cursor.clone();
-    let mut out = Vec::new();
-    let mut exhausted = false;
-    while out.len() < limit {
-        let page = rt.services.store.instances(cursor.as_deref(), 1000)?;
-        let Some(last) = page.last() else {
-            exhausted = true;
-            break;
-        };
-        cursor = Some(last.state.id.clone());
-        for record in page {
-            let s = &record.state;
-            let wanted = query
-                .status
-                .as_deref()
-                .is_none_or(|st| st == s.status.as_str())
-                && query
-                    .definition
-                    .as_deref()
-                    .is_none_or(|d| d == s.definition);
-            if wanted {
-                out.push(view::summary(s));
-                if out.len() == limit {
-                    cursor = Some(s.id.clone());
-                    break;
-                }
-            }
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s) => Some(
+            serde_json::from_value::<InstanceStatus>(json!(s)).map_err(|_| {
+                ApiError::new(ErrorCode::InvalidRequest, format!("unknown status {s:?}"))
+            })?,
+        ),
+    };
+    let order = match query.order.as_deref() {
+        None | Some("id") => ListOrder::Id,
+        Some("newest") => ListOrder::NewestFirst,
+        Some(other) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("order must be id or newest, not {other:?}"),
+            ));
         }
-    }
-    let next = if exhausted { None } else { cursor };
-    Ok(json!({ "workflows": out, "next_cursor": next }))
+    };
+    let query = troupe_storage::ListQuery {
+        status,
+        definition: query.definition,
+        order,
+        cursor: query.cursor,
+        limit,
+    };
+    let page = blocking(rt, move |store| Ok(store.list(&query)?)).await?;
+    let out: Vec<Json> = page.items.iter().map(|r| view::summary(&r.state)).collect();
+    Ok(json!({ "workflows": out, "next_cursor": page.next }))
 }
 
 /// Signal body.
@@ -320,7 +376,7 @@ pub async fn cancel(rt: &Runtime, id: &str, reason: Option<String>) -> Result<Js
             ErrorCode::InvalidState,
             format!("cannot cancel: {why}"),
         )),
-        _ => workflow(rt, id),
+        _ => workflow(rt, id).await,
     }
 }
 
@@ -339,11 +395,21 @@ pub struct EventRequest {
 
 /// Publishes an event: every instance awaiting `name` with this correlation resumes.
 pub async fn publish(rt: &Runtime, name: &str, request: EventRequest) -> Result<Json> {
-    let store = &rt.services.store;
-    if store.event_seen(&request.id)? {
+    let (event_id, owned, correlation) = (
+        request.id.clone(),
+        name.to_owned(),
+        request.correlation_key.clone(),
+    );
+    let waiting = blocking(rt, move |store| {
+        if store.event_seen(&event_id)? {
+            return Ok(None);
+        }
+        Ok(Some(store.subscribers(&owned, correlation.as_deref())?))
+    })
+    .await?;
+    let Some(waiting) = waiting else {
         return Ok(json!({ "id": request.id, "duplicate": true, "delivered": 0 }));
-    }
-    let waiting = store.subscribers(name, request.correlation_key.as_deref())?;
+    };
     let mut delivered = 0;
     for instance in &waiting {
         let event = EventKind::Signal {
@@ -355,34 +421,53 @@ pub async fn publish(rt: &Runtime, name: &str, request: EventRequest) -> Result<
             delivered += 1;
         }
     }
-    store.write_now(vec![Op::put(keys::EVENTS_SEEN, request.id.as_bytes(), &())])?;
+    let event_id = request.id.clone();
+    blocking(rt, move |store| Ok(store.mark_event_seen(&event_id)?)).await?;
     Ok(json!({ "id": request.id, "duplicate": false, "delivered": delivered }))
 }
 
-/// Open human tasks, optionally for one assignee.
-pub fn human_tasks(rt: &Runtime, assignee: Option<&str>) -> Result<Json> {
-    let tasks: Vec<Json> = rt
-        .services
-        .store
-        .human_tasks()?
+/// Most human tasks or incidents in one page, and the default.
+const SIDE_PAGE: (usize, usize) = (100, 1000);
+
+/// Open human tasks, optionally for one assignee, one page at a time.
+pub async fn human_tasks(
+    rt: &Runtime,
+    assignee: Option<&str>,
+    cursor: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Json> {
+    let limit = limit.unwrap_or(SIDE_PAGE.0).clamp(1, SIDE_PAGE.1);
+    let (assignee, cursor) = (assignee.map(str::to_owned), cursor.map(str::to_owned));
+    let page = blocking(rt, move |store| {
+        Ok(store.human_tasks(cursor.as_deref(), limit, |t| {
+            assignee.as_deref().is_none_or(|a| a == t.assignee)
+        })?)
+    })
+    .await?;
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|t| t.id.clone()))
+        .flatten();
+    let tasks: Vec<Json> = page
         .into_iter()
-        .filter(|t| assignee.is_none_or(|a| a == t.assignee))
         .map(|t| {
             json!({"id": t.id, "workflow_id": t.instance, "step": t.path, "assignee": t.assignee,
                    "input": t.input, "escalated": t.escalated, "created_at": view::time(t.created_at)})
         })
         .collect();
-    Ok(json!({ "human_tasks": tasks }))
+    Ok(json!({ "human_tasks": tasks, "next_cursor": next }))
 }
 
 /// Completes a human task with a decision.
 pub async fn complete_human_task(rt: &Runtime, task_id: &str, payload: Json) -> Result<Json> {
-    let task = rt.services.store.human_task(task_id)?.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::TaskNotFound,
-            format!("no open human task {task_id:?}"),
-        )
-    })?;
+    let owned = task_id.to_owned();
+    let task = blocking(rt, move |store| Ok(store.human_task(&owned)?))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::TaskNotFound,
+                format!("no open human task {task_id:?}"),
+            )
+        })?;
     let event = EventKind::HumanCompleted {
         path: task.path.clone(),
         payload,
@@ -396,30 +481,39 @@ pub async fn complete_human_task(rt: &Runtime, task_id: &str, payload: Json) -> 
             ErrorCode::InvalidState,
             format!("human task is closed: {why}"),
         )),
-        _ => workflow(rt, &task.instance),
+        _ => workflow(rt, &task.instance).await,
     }
 }
 
-/// Open incidents.
-pub fn incidents(rt: &Runtime) -> Result<Json> {
-    let incidents: Vec<Json> = rt
-        .services
-        .store
-        .incidents()?
+/// Open incidents, one page at a time.
+pub async fn incidents(rt: &Runtime, cursor: Option<&str>, limit: Option<usize>) -> Result<Json> {
+    let limit = limit.unwrap_or(SIDE_PAGE.0).clamp(1, SIDE_PAGE.1);
+    let cursor = cursor.map(str::to_owned);
+    let page = blocking(rt, move |store| {
+        Ok(store.incidents(cursor.as_deref(), limit)?)
+    })
+    .await?;
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|i| i.id.clone()))
+        .flatten();
+    let incidents: Vec<Json> = page
         .into_iter()
         .map(|i| json!({"id": i.id, "workflow_id": i.instance, "step": i.path, "error": i.error, "opened_at": view::time(i.opened_at)}))
         .collect();
-    Ok(json!({ "incidents": incidents }))
+    Ok(json!({ "incidents": incidents, "next_cursor": next }))
 }
 
 /// Retries (`retry == true`) or resolves an incident.
 pub async fn settle_incident(rt: &Runtime, incident_id: &str, retry: bool) -> Result<Json> {
-    let incident = rt.services.store.incident(incident_id)?.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::IncidentNotFound,
-            format!("no open incident {incident_id:?}"),
-        )
-    })?;
+    let owned = incident_id.to_owned();
+    let incident = blocking(rt, move |store| Ok(store.incident(&owned)?))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::IncidentNotFound,
+                format!("no open incident {incident_id:?}"),
+            )
+        })?;
     let path = incident.path.clone();
     let event = if retry {
         EventKind::IncidentRetried { path }
@@ -435,7 +529,7 @@ pub async fn settle_incident(rt: &Runtime, incident_id: &str, retry: bool) -> Re
             ErrorCode::InvalidState,
             format!("incident is closed: {why}"),
         )),
-        _ => workflow(rt, &incident.instance),
+        _ => workflow(rt, &incident.instance).await,
     }
 }
 
@@ -449,7 +543,7 @@ pub fn cluster(rt: &Runtime, node_id: u64) -> Json {
 /// view says `status` either way.
 pub async fn await_workflow(rt: &Runtime, id: &str, wait: std::time::Duration) -> Result<Json> {
     let ended = rt.services.finished.wait(id);
-    let view = workflow(rt, id)?;
+    let view = workflow(rt, id).await?;
     let terminal = serde_json::from_value::<InstanceStatus>(view["status"].clone())
         .is_ok_and(InstanceStatus::is_terminal);
     if terminal || wait.is_zero() {
@@ -460,6 +554,6 @@ pub async fn await_workflow(rt: &Runtime, id: &str, wait: std::time::Duration) -
     rt.services.finished.forget_closed(id);
     match waited {
         Ok(Ok(view)) => Ok(view),
-        _ => workflow(rt, id),
+        _ => workflow(rt, id).await,
     }
 }

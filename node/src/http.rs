@@ -1,7 +1,6 @@
 //! The HTTP/JSON listener (axum): routes of brief §4 over [`crate::api`].
 
 use crate::api::{self, ApiError};
-use crate::runtime::Runtime;
 use crate::workers;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -15,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use troupe_actors::Runtime;
 use troupe_protocol::ErrorCode;
 
 /// What the handlers share.
@@ -111,14 +111,35 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(count_request))
         .with_state(state)
+}
+
+/// Counts each request by route (its pattern, never the ids in it) and
+/// status class.
+async fn count_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let class = match response.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!(crate::metrics::HTTP_REQUESTS_TOTAL, "route" => route, "status" => class)
+        .increment(1);
+    response
 }
 
 async fn deploy(State(s): State<AppState>, bytes: Result<Bytes, BytesRejection>) -> Reply {
     let bytes = body(bytes)?;
     let source = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "body is not UTF-8"))?;
-    let (created, record) = api::deploy(&s.runtime, source)?;
+    let (created, record) = api::deploy(&s.runtime, source).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -128,11 +149,14 @@ async fn deploy(State(s): State<AppState>, bytes: Result<Bytes, BytesRejection>)
 }
 
 async fn definitions(State(s): State<AppState>) -> Reply {
-    ok(StatusCode::OK, api::definitions(&s.runtime)?)
+    ok(StatusCode::OK, api::definitions(&s.runtime).await?)
 }
 
 async fn definition_versions(State(s): State<AppState>, Path(name): Path<String>) -> Reply {
-    ok(StatusCode::OK, api::definition(&s.runtime, &name, None)?)
+    ok(
+        StatusCode::OK,
+        api::definition(&s.runtime, &name, None).await?,
+    )
 }
 
 async fn definition_version(
@@ -144,7 +168,7 @@ async fn definition_version(
         .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "version must be a whole number"))?;
     ok(
         StatusCode::OK,
-        api::definition(&s.runtime, &name, Some(version))?,
+        api::definition(&s.runtime, &name, Some(version)).await?,
     )
 }
 
@@ -164,11 +188,11 @@ async fn list(
     State(s): State<AppState>,
     q: Result<Query<api::ListQuery>, QueryRejection>,
 ) -> Reply {
-    ok(StatusCode::OK, api::list(&s.runtime, query(q)?)?)
+    ok(StatusCode::OK, api::list(&s.runtime, query(q)?).await?)
 }
 
 async fn workflow(State(s): State<AppState>, Path(id): Path<String>) -> Reply {
-    ok(StatusCode::OK, api::workflow(&s.runtime, &id)?)
+    ok(StatusCode::OK, api::workflow(&s.runtime, &id).await?)
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -190,8 +214,24 @@ async fn result(
     )
 }
 
-async fn history(State(s): State<AppState>, Path(id): Path<String>) -> Reply {
-    ok(StatusCode::OK, api::history(&s.runtime, &id)?)
+/// `?cursor=&limit=` of the paginated lists.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn history(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Reply {
+    let page = query(q)?;
+    ok(
+        StatusCode::OK,
+        api::history(&s.runtime, &id, page.cursor.as_deref(), page.limit).await?,
+    )
 }
 
 async fn signal(
@@ -238,15 +278,24 @@ async fn publish(
 #[serde(deny_unknown_fields)]
 struct AssigneeQuery {
     assignee: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
 }
 
 async fn human_tasks(
     State(s): State<AppState>,
     q: Result<Query<AssigneeQuery>, QueryRejection>,
 ) -> Reply {
+    let q = query(q)?;
     ok(
         StatusCode::OK,
-        api::human_tasks(&s.runtime, query(q)?.assignee.as_deref())?,
+        api::human_tasks(
+            &s.runtime,
+            q.assignee.as_deref(),
+            q.cursor.as_deref(),
+            q.limit,
+        )
+        .await?,
     )
 }
 
@@ -269,8 +318,15 @@ async fn complete_human_task(
     )
 }
 
-async fn incidents(State(s): State<AppState>) -> Reply {
-    ok(StatusCode::OK, api::incidents(&s.runtime)?)
+async fn incidents(
+    State(s): State<AppState>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Reply {
+    let page = query(q)?;
+    ok(
+        StatusCode::OK,
+        api::incidents(&s.runtime, page.cursor.as_deref(), page.limit).await?,
+    )
 }
 
 async fn retry_incident(State(s): State<AppState>, Path(id): Path<String>) -> Reply {

@@ -1,32 +1,30 @@
-//! The Troupe node: configuration, RocksDB storage, the actors that run
-//! instances, and the HTTP listener.
+//! The Troupe node: configuration, the HTTP and native listeners, metrics,
+//! and the wiring of storage (`troupe-storage`) and actors
+//! (`troupe-actors`) into a running server.
 //!
 //! [`Node::start`] brings a node up from a [`Config`] (tests call it
-//! in-process; `troupe-node` calls it from `main`). The engine itself lives in
-//! `troupe-actors` and is pure; this crate journals its events and carries out
-//! its effects.
+//! in-process; `troupe-node` calls it from `main`). The engine is pure
+//! (`troupe-engine`); the actors journal its events and carry out its
+//! effects; this crate only wires and serves them.
 
 pub mod api;
-pub mod codec;
 pub mod config;
 mod duration_serde;
 pub mod http;
 pub mod metrics;
 pub mod native;
-pub mod runtime;
-pub mod store;
 pub mod workers;
 
 pub use config::{Config, Overrides};
-pub use runtime::{TaskError, TaskHandlers, TaskRequest};
+pub use troupe_actors::{Runtime, TaskError, TaskHandlers, TaskRequest};
 
 use anyhow::Context;
-use runtime::{Runtime, Settings};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use store::{Committer, Store};
 use tokio::sync::oneshot;
+use troupe_actors::Settings;
+use troupe_storage::{Committer, Store, StoreOptions};
 
 /// A running node.
 pub struct Node {
@@ -50,12 +48,12 @@ impl Node {
         let metrics = metrics::install();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
-        let store = Store::open(
-            &config.data_dir,
-            config.shards,
-            config.storage.write_buffer_mb << 20,
-            config.storage.block_cache_mb << 20,
-        )?;
+        let options = StoreOptions {
+            shards: config.shards,
+            write_buffer_bytes: config.storage.write_buffer_mb << 20,
+            block_cache_bytes: config.storage.block_cache_mb << 20,
+        };
+        let store = Store::open(&config.data_dir, options)?;
         let committer =
             Committer::start(store.clone(), config.storage.sync, config.storage.max_batch);
         let settings = Settings {
@@ -71,7 +69,7 @@ impl Node {
         for file in &config.deploy {
             let source = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            api::deploy(&runtime, &source).map_err(|e| {
+            api::deploy(&runtime, &source).await.map_err(|e| {
                 anyhow::anyhow!("deploying {}: {} {}", file.display(), e.message, e.details)
             })?;
         }
@@ -149,6 +147,6 @@ impl Node {
         }
         let _ = (&mut self.server).await;
         let _ = (&mut self.native).await;
-        self.runtime.stop();
+        self.runtime.stop().await;
     }
 }

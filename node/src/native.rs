@@ -7,7 +7,6 @@
 //! that the node stops reading, and the client feels TCP backpressure.
 
 use crate::api::{self, ApiError};
-use crate::runtime::Runtime;
 use crate::workers::{self, Report, Subscription};
 use serde_json::Value as Json;
 use std::collections::HashMap;
@@ -17,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
+use troupe_actors::Runtime;
 use troupe_protocol::frame::{self, FrameError, LENGTH_BYTES};
 use troupe_protocol::{
     ClientFrame, ErrorCode, JsonText, ListWorkflows, Request, Response, ServerFrame, WireError,
@@ -262,13 +262,13 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
     let rt = &state.runtime;
     match request {
         Request::Deploy { source } => {
-            let (created, record) = api::deploy(rt, &source)?;
+            let (created, record) = api::deploy(rt, &source).await?;
             let mut view = api::definition_summary(&record);
             view["created"] = Json::Bool(created);
             json(view)
         }
-        Request::Definitions => json(api::definitions(rt)?),
-        Request::Definition { name, version } => json(api::definition(rt, &name, version)?),
+        Request::Definitions => json(api::definitions(rt).await?),
+        Request::Definition { name, version } => json(api::definition(rt, &name, version).await?),
         Request::Start(start) => {
             let request = api::StartRequest {
                 definition: start.definition,
@@ -280,8 +280,8 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
             view["created"] = Json::Bool(created);
             json(view)
         }
-        Request::Workflow { id } => json(api::workflow(rt, &id)?),
-        Request::History { id } => json(api::history(rt, &id)?),
+        Request::Workflow { id } => json(api::workflow(rt, &id).await?),
+        Request::History { id } => json(api::history(rt, &id, None, None).await?),
         Request::List(ListWorkflows {
             status,
             definition,
@@ -293,8 +293,9 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
                 definition,
                 limit: limit.map(|l| l as usize),
                 cursor,
+                order: None,
             };
-            json(api::list(rt, query)?)
+            json(api::list(rt, query).await?)
         }
         Request::Signal {
             workflow,
@@ -322,12 +323,14 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
             };
             json(api::publish(rt, &name, request).await?)
         }
-        Request::HumanTasks { assignee } => json(api::human_tasks(rt, assignee.as_deref())?),
+        Request::HumanTasks { assignee } => {
+            json(api::human_tasks(rt, assignee.as_deref(), None, None).await?)
+        }
         Request::CompleteHumanTask { id, payload } => {
             let payload = json_text(&payload, "payload")?;
             json(api::complete_human_task(rt, &id, payload).await?)
         }
-        Request::Incidents => json(api::incidents(rt)?),
+        Request::Incidents => json(api::incidents(rt, None, None).await?),
         Request::SettleIncident { id, retry } => json(api::settle_incident(rt, &id, retry).await?),
         Request::Cluster => json(api::cluster(rt, state.node_id)),
         Request::Poll(poll) => {

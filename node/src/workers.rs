@@ -8,13 +8,13 @@
 //! `accepted: false`.
 
 use crate::api::{ApiError, Result};
-use crate::runtime::queue::{PendingStarts, Queued, token};
-use crate::runtime::{Applied, Command, Runtime, Services};
 use serde_json::{Value as Json, json};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use troupe_actors::engine::{ErrorInfo, EventKind};
+use troupe_actors::queue::{PendingStarts, Queued, token};
+use troupe_actors::{Applied, Command, Runtime, Services};
+use troupe_engine::engine::{ErrorInfo, EventKind};
 use troupe_protocol::{ErrorCode, TaskAssignment};
 
 /// Most tasks one poll may ask for.
@@ -187,16 +187,11 @@ pub async fn report(rt: &Runtime, task_token: &str, report: Report) -> Result<Js
     let unknown = || ApiError::new(ErrorCode::TaskNotFound, "unknown task token");
     let (instance, path, attempt) = token::decode(task_token).ok_or_else(unknown)?;
     let kind = report.kind();
-    let mut events = Vec::with_capacity(2);
-    if rt.services.pending_starts.take(&instance, &path, attempt) {
-        events.push(EventKind::TaskStarted {
-            path: path.clone(),
-            attempt,
-        });
-    }
+    // The report is checked whole before it takes the attempt's deferred
+    // start, so a refused report leaves that start pending.
     let event = match report {
         Report::Complete(output) => EventKind::TaskCompleted {
-            path,
+            path: path.clone(),
             attempt,
             output,
         },
@@ -212,22 +207,37 @@ pub async fn report(rt: &Runtime, task_token: &str, report: Report) -> Result<Js
                 ));
             }
             EventKind::TaskFailed {
-                path,
+                path: path.clone(),
                 attempt,
                 error: ErrorInfo::new(code, message),
                 retryable,
             }
         }
         Report::Heartbeat(progress) => EventKind::TaskHeartbeat {
-            path,
+            path: path.clone(),
             attempt,
             progress,
         },
     };
+    let pending = &rt.services.pending_starts;
+    let deferred = pending.take(&instance, &path, attempt);
+    let mut events = Vec::with_capacity(2);
+    if deferred {
+        events.push(EventKind::TaskStarted {
+            path: path.clone(),
+            attempt,
+        });
+    }
     events.push(event);
     let applied = match rt.router().call(&instance, Command::Report(events)).await {
         Err(f) if f.code == ErrorCode::WorkflowNotFound => return Err(unknown()),
-        other => other?,
+        Err(f) => {
+            if deferred {
+                pending.add(&instance, &path, attempt);
+            }
+            return Err(f.into());
+        }
+        Ok(applied) => applied,
     };
     let accepted = matches!(applied, Applied::Done);
     metrics::counter!(crate::metrics::TASK_REPORTS_TOTAL, "kind" => kind, "accepted" => if accepted { "true" } else { "false" })

@@ -196,3 +196,50 @@ fn every_ready_made_topology_loads() {
     }
     assert!(seen >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_by_route_pattern_and_status_class() {
+    let t = TestNode::start().await;
+    let (status, _) = t.api.get("/v1/workflows/nobody-here").await;
+    assert_eq!(status, 404);
+    let (status, _) = t.api.get("/v1/workflows?status=bogus").await;
+    assert_eq!(status, 400);
+    let metrics = reqwest::get(format!("{}/metrics", t.api.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |route: &str, class: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("troupe_http_requests_total{")
+                && l.contains(&format!("route=\"{route}\""))
+                && l.contains(&format!("status=\"{class}\""))
+        })
+    };
+    assert!(line("/v1/workflows/{id}", "4xx"), "{metrics}");
+    assert!(line("/v1/workflows", "4xx"), "{metrics}");
+    assert!(!metrics.contains("nobody-here"), "ids never become labels");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deploys_of_one_version_cannot_both_win() {
+    let t = TestNode::start().await;
+    let mut set = tokio::task::JoinSet::new();
+    for n in 0..8 {
+        let api = t.api.clone();
+        set.spawn(async move {
+            let doc = format!("name: race\nversion: 1\nsteps:\n  - {{ id: s{n}, task: noop }}\n");
+            api.send("PUT", "/v1/definitions", Some(doc)).await.0
+        });
+    }
+    let mut created = 0;
+    while let Some(status) = set.join_next().await {
+        match status.unwrap() {
+            201 => created += 1,
+            409 => {}
+            other => panic!("deploy answered {other}"),
+        }
+    }
+    assert_eq!(created, 1, "exactly one version 1 was stored");
+}

@@ -18,6 +18,7 @@ async fn node(dir: &TempDir, limits: &str) -> (Node, Api) {
         dir.path().join("data").display()
     ))
     .unwrap();
+    common::init_tracing();
     let node = Node::start(config).await.expect("node starts");
     let api = Api::new(&format!("http://{}", node.http_addr()));
     (node, api)

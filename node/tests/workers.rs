@@ -356,6 +356,14 @@ steps:
         failed["error"]["code"], "schedule_to_start_timeout",
         "{failed:#}"
     );
+    // The withdrawal is carried out right after the failure is durable, so
+    // a read can see `failed` a moment before the queue is empty: wait for
+    // it, then check that no worker can take the attempt.
+    let queues = &t.node.runtime().services.queues;
+    eventually(20, "the attempt to leave the queue", || async {
+        (queues.queued() == 0).then_some(())
+    })
+    .await;
     let client = Client::connect(t.node.native_addr().to_string())
         .await
         .unwrap();

@@ -121,8 +121,20 @@ pub struct TestNode {
     _dir: TempDir,
 }
 
+/// Logs of in-process nodes go to the test's output (shown when it fails),
+/// so that a flake leaves its story behind. `RUST_LOG` overrides the level.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 impl TestNode {
     pub async fn start() -> Self {
+        init_tracing();
         let dir = TempDir::new("node");
         let node = Node::start(config(dir.path())).await.expect("node starts");
         let api = Api::new(&format!("http://{}", node.http_addr()));

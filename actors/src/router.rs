@@ -1,0 +1,142 @@
+//! [`Router`]: sends commands to the actor of the shard that owns an
+//! instance, refusing them while the shard is not active here.
+
+use crate::shard::ShardMsg;
+use crate::{Applied, Command, Error};
+use ractor::ActorRef;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use troupe_protocol::{ErrorCode, shard_of};
+
+/// The shard actors active on this node, by shard (`None`: not active).
+type Slots = Vec<Option<ActorRef<ShardMsg>>>;
+
+/// Sends commands to the shard actor owning an instance.
+#[derive(Clone)]
+pub struct Router {
+    slots: Arc<RwLock<Slots>>,
+    /// Client commands sent to each shard and not yet answered.
+    pending: Arc<Vec<AtomicUsize>>,
+    max_pending: usize,
+}
+
+/// Counts a client command as pending on its shard until dropped.
+struct Pending<'a>(&'a AtomicUsize);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Router {
+    /// A router for `shards` shards, none active yet.
+    pub(crate) fn new(shards: u32, max_pending: usize) -> Self {
+        Self {
+            slots: Arc::new(RwLock::new(vec![None; shards as usize])),
+            pending: Arc::new((0..shards).map(|_| AtomicUsize::new(0)).collect()),
+            max_pending,
+        }
+    }
+
+    /// The shard count.
+    pub fn shards(&self) -> u32 {
+        self.pending.len() as u32
+    }
+
+    /// The shard of instance `id`.
+    pub fn shard_of(&self, id: &str) -> u32 {
+        shard_of(id, self.shards())
+    }
+
+    /// The actor of an active shard.
+    pub(crate) fn actor(&self, shard: u32) -> Option<ActorRef<ShardMsg>> {
+        self.slots.read().expect("router lock")[shard as usize].clone()
+    }
+
+    /// Makes `actor` the owner of `shard` (or, with `None`, deactivates it).
+    pub(crate) fn set(&self, shard: u32, actor: Option<ActorRef<ShardMsg>>) {
+        self.slots.write().expect("router lock")[shard as usize] = actor;
+    }
+
+    /// Every active shard actor.
+    pub(crate) fn active(&self) -> Vec<ActorRef<ShardMsg>> {
+        self.slots
+            .read()
+            .expect("router lock")
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// Whether `shard` is active on this node.
+    pub fn is_active(&self, shard: u32) -> bool {
+        self.actor(shard).is_some()
+    }
+
+    /// Sends a command without waiting. A command for a shard that is not
+    /// active here is dropped: whoever activates the shard redoes what it
+    /// stands for (timers, outbox).
+    pub fn cast(&self, id: &str, command: Command) {
+        if let Some(shard) = self.actor(self.shard_of(id)) {
+            let _ = shard.cast(ShardMsg::Deliver {
+                id: id.to_owned(),
+                command,
+                reply: None,
+            });
+        }
+    }
+
+    /// Sends a command and waits until it is durable (or refused). When the
+    /// shard already has its limit of commands pending, the command is
+    /// refused as overloaded, except worker reports: they finish work, so
+    /// they are always let through. A shard that is not active here
+    /// answers `unavailable`.
+    pub async fn call(&self, id: &str, command: Command) -> Result<Applied, Error> {
+        let index = self.shard_of(id);
+        let pending = &self.pending[index as usize];
+        let bounded = !matches!(command, Command::Report(_));
+        if bounded && pending.load(Ordering::Relaxed) >= self.max_pending {
+            metrics::counter!(crate::metrics::OVERLOADED_TOTAL, "limit" => "shard_pending")
+                .increment(1);
+            return Err(Error::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "shard {index} has {} commands pending; retry later",
+                    self.max_pending
+                ),
+            ));
+        }
+        pending.fetch_add(1, Ordering::Relaxed);
+        let _pending = Pending(pending);
+        let (reply, wait) = oneshot::channel();
+        let inactive = || {
+            Error::new(
+                ErrorCode::Unavailable,
+                format!("shard {index} is not active on this node; retry"),
+            )
+        };
+        let shard = self.actor(index).ok_or_else(inactive)?;
+        shard
+            .cast(ShardMsg::Deliver {
+                id: id.to_owned(),
+                command,
+                reply: Some(reply),
+            })
+            .map_err(|_| inactive())?;
+        match tokio::time::timeout(Duration::from_secs(30), wait).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::new(
+                ErrorCode::Unavailable,
+                "instance stopped before answering; retry",
+            )),
+            Err(_) => Err(Error::new(
+                ErrorCode::Unavailable,
+                "timed out waiting for the instance; retry",
+            )),
+        }
+    }
+}

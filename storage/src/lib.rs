@@ -1,0 +1,35 @@
+//! Troupe's storage: the only crate that depends on RocksDB and the only one
+//! that knows column families and key layouts.
+//!
+//! - [`Store`]: the node's one RocksDB, read per shard (snapshots, journals,
+//!   timers, outbox, human tasks, incidents, subscriptions, counters) and
+//!   through secondary indexes (by status, definition, recency); a shard's
+//!   whole state can be exported, imported and deleted.
+//! - [`ShardBatch`]: what transitions write, as a plain, encodable value
+//!   built from engine state; applying it reads nothing, so any replica
+//!   applies it identically.
+//! - [`Committer`]: group commit: batches of many shards share one write
+//!   and one fsync, and callers wait until theirs is durable.
+//!
+//! Every per-instance key starts with the shard, so a shard is one
+//! contiguous range in each column family. The layout is in `keys.rs` and
+//! `docs/storage.md`.
+
+mod batch;
+mod codec;
+mod commit;
+mod error;
+mod keys;
+mod list;
+pub mod metrics;
+mod records;
+mod shard_io;
+mod store;
+
+pub use batch::{Indexed, ShardBatch, human_task_id, incident_id};
+pub use commit::Committer;
+pub use error::{Error, Result};
+pub use list::{ListOrder, ListQuery, Page};
+pub use records::*;
+pub use shard_io::ShardEntry;
+pub use store::{FORMAT, Store, StoreOptions};

@@ -1,0 +1,445 @@
+//! [`Store`]: opening the node's RocksDB (and refusing a data dir of another
+//! format), and the reads, each scoped to a shard or cluster-wide data.
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::keys::{self, Table};
+use crate::records::{
+    DefinitionRecord, HumanTaskRecord, IncidentRecord, InstanceRecord, OutboxRecord, TimerRecord,
+};
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use troupe_engine::engine::{Event, InstanceStatus};
+
+/// The storage format this build reads and writes (`meta/format`).
+/// Format 1 (keys not scoped by shard) had no `format` key.
+pub const FORMAT: u32 = 2;
+
+/// How to open the store.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// Shard count (fixed for the data dir's life).
+    pub shards: u32,
+    /// Memtables across all column families, bytes.
+    pub write_buffer_bytes: usize,
+    /// Block cache shared by every column family, bytes.
+    pub block_cache_bytes: usize,
+}
+
+/// The node's RocksDB.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) db: Arc<DB>,
+    shards: u32,
+    /// Serialises deploys (check, then write).
+    deploy_lock: Arc<Mutex<()>>,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`. A data dir written in
+    /// another format is refused before anything in it changes.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Self> {
+        if let Ok(existing) = DB::list_cf(&Options::default(), dir) {
+            let format1 = existing.iter().any(|cf| cf == "instances")
+                && !existing.iter().any(|cf| cf == Table::ByStatus.cf());
+            if format1 {
+                return Err(Error::Format {
+                    found: 1,
+                    expected: FORMAT,
+                });
+            }
+        }
+        let mut db_options = Options::default();
+        db_options.set_db_write_buffer_size(options.write_buffer_bytes);
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        db_options.increase_parallelism(2);
+        // Flushes and compactions yield the CPU to transitions, so that a
+        // flush does not stall acknowledgements on a small machine.
+        let mut env = rocksdb::Env::new()?;
+        env.lower_thread_pool_cpu_priority();
+        env.lower_high_priority_thread_pool_cpu_priority();
+        db_options.set_env(&env);
+        // One cache for every column family (each table factory would
+        // otherwise get its own default cache), so memory stays bounded.
+        let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
+        let cfs = keys::all_cfs().map(|name| {
+            let mut cf = Options::default();
+            // Bloom filters: a start looks up an id that usually does not
+            // exist yet, which without them reads index blocks of every file.
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_bloom_filter(10.0, false);
+            table.set_block_cache(&cache);
+            cf.set_block_based_table_factory(&table);
+            if name == Table::Counters.cf() {
+                cf.set_merge_operator_associative("add_i64", add_i64);
+            }
+            ColumnFamilyDescriptor::new(name, cf)
+        });
+        let db = DB::open_cf_descriptors(&db_options, dir, cfs)?;
+        let store = Self {
+            db: Arc::new(db),
+            shards: options.shards,
+            deploy_lock: Arc::default(),
+        };
+        store.check_meta(options.shards)?;
+        Ok(store)
+    }
+
+    fn check_meta(&self, shards: u32) -> Result<()> {
+        match self.get::<u32>(keys::META, b"format")? {
+            Some(FORMAT) => {}
+            Some(found) => {
+                return Err(Error::Format {
+                    found,
+                    expected: FORMAT,
+                });
+            }
+            None => self.put_meta(b"format", &FORMAT)?,
+        }
+        match self.get::<u32>(keys::META, b"shards")? {
+            Some(found) if found != shards => Err(Error::Shards {
+                found,
+                configured: shards,
+            }),
+            Some(_) => Ok(()),
+            None => self.put_meta(b"shards", &shards),
+        }
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<()> {
+        Ok(self
+            .db
+            .put_cf(self.cf(keys::META), key, codec::encode(value))?)
+    }
+
+    /// The shard count.
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>> {
+        match self.db.get_pinned_cf(self.cf(cf), key)? {
+            Some(bytes) => codec::decode(&bytes)
+                .map(Some)
+                .map_err(|source| Error::Corrupt { cf, source }),
+            None => Ok(None),
+        }
+    }
+
+    /// Keys and values under `prefix` in key order, starting after `after`
+    /// when given, at most `limit`.
+    pub(crate) fn scan<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, T)>> {
+        let start = after.map_or_else(|| prefix.to_vec(), |a| [a, &[0]].concat());
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(&start, Direction::Forward))
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let value = codec::decode(&value).map_err(|source| Error::Corrupt { cf, source })?;
+            out.push((key.to_vec(), value));
+        }
+        Ok(out)
+    }
+
+    fn values<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+    ) -> Result<Vec<T>> {
+        Ok(self
+            .scan(cf, prefix, None, usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    fn write_synced(&self, batch: rocksdb::WriteBatch) -> Result<()> {
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        Ok(self.db.write_opt(batch, &options)?)
+    }
+
+    // --- cluster-wide data ---
+
+    /// One definition version.
+    pub fn definition(&self, name: &str, version: u32) -> Result<Option<DefinitionRecord>> {
+        self.get(keys::DEFINITIONS, &keys::definition(name, version))
+    }
+
+    /// Every version of a definition, oldest first.
+    pub fn definition_versions(&self, name: &str) -> Result<Vec<DefinitionRecord>> {
+        self.values(keys::DEFINITIONS, &keys::definition_prefix(name))
+    }
+
+    /// Every definition version of every name.
+    pub fn definitions(&self) -> Result<Vec<DefinitionRecord>> {
+        self.values(keys::DEFINITIONS, b"")
+    }
+
+    /// Stores `record` unless its name and version exist; returns what is
+    /// stored under them afterwards and whether it is `record`. Deploys are
+    /// serialised, so two concurrent deploys of one version cannot both win.
+    pub fn deploy_definition(&self, record: &DefinitionRecord) -> Result<(bool, DefinitionRecord)> {
+        let _one_at_a_time = self.deploy_lock.lock().expect("deploy lock");
+        if let Some(existing) = self.definition(&record.name, record.version)? {
+            return Ok((false, existing));
+        }
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(
+            self.cf(keys::DEFINITIONS),
+            keys::definition(&record.name, record.version),
+            codec::encode(record),
+        );
+        self.write_synced(batch)?;
+        Ok((true, record.clone()))
+    }
+
+    /// Whether a published event id was already applied.
+    pub fn event_seen(&self, id: &str) -> Result<bool> {
+        Ok(self.get::<()>(keys::EVENTS_SEEN, id.as_bytes())?.is_some())
+    }
+
+    /// Records that a published event id was applied (synced).
+    pub fn mark_event_seen(&self, id: &str) -> Result<()> {
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(
+            self.cf(keys::EVENTS_SEEN),
+            id.as_bytes(),
+            codec::encode(&()),
+        );
+        self.write_synced(batch)
+    }
+
+    // --- one instance ---
+
+    /// An instance.
+    pub fn instance(&self, shard: u32, id: &str) -> Result<Option<InstanceRecord>> {
+        self.get(Table::Instances.cf(), &keys::instance(shard, id))
+    }
+
+    /// An instance and the size of its stored snapshot, bytes.
+    pub fn instance_sized(&self, shard: u32, id: &str) -> Result<Option<(InstanceRecord, usize)>> {
+        let cf = Table::Instances.cf();
+        match self
+            .db
+            .get_pinned_cf(self.cf(cf), keys::instance(shard, id))?
+        {
+            Some(bytes) => codec::decode(&bytes)
+                .map(|record| Some((record, bytes.len())))
+                .map_err(|source| Error::Corrupt { cf, source }),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` journaled events of an instance with sequence numbers
+    /// after `after` (from the first when `None`), oldest first, each with
+    /// its sequence number.
+    pub fn history(
+        &self,
+        shard: u32,
+        id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Event)>> {
+        let prefix = keys::instance_prefix(shard, id);
+        let after = after.map(|seq| keys::journal(shard, id, seq));
+        Ok(self
+            .scan(Table::Journal.cf(), &prefix, after.as_deref(), limit)?
+            .into_iter()
+            .map(|(key, event)| {
+                let seq = key[key.len() - 8..]
+                    .try_into()
+                    .map_or(0, u64::from_be_bytes);
+                (seq, event)
+            })
+            .collect())
+    }
+
+    /// Armed timers of one instance.
+    pub fn instance_timers(&self, shard: u32, id: &str) -> Result<Vec<TimerRecord>> {
+        self.values(Table::Timers.cf(), &keys::instance_prefix(shard, id))
+    }
+
+    /// Outbox entries of one instance.
+    pub fn outbox_of(&self, shard: u32, id: &str) -> Result<Vec<OutboxRecord>> {
+        self.values(Table::Outbox.cf(), &keys::instance_prefix(shard, id))
+    }
+
+    // --- one shard ---
+
+    /// Every armed timer of a shard.
+    pub fn timers(&self, shard: u32) -> Result<Vec<TimerRecord>> {
+        self.values(Table::Timers.cf(), &keys::shard_start(shard))
+    }
+
+    /// Instances of a shard with outbox entries (work that may need redoing
+    /// after a crash or a move).
+    pub fn outbox_instances(&self, shard: u32) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = self
+            .values::<OutboxRecord>(Table::Outbox.cf(), &keys::shard_start(shard))?
+            .into_iter()
+            .map(|record| match record {
+                OutboxRecord::Task { instance, .. } | OutboxRecord::Child { instance, .. } => {
+                    instance
+                }
+            })
+            .collect();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Instances of a shard by status, as counted in step with transitions.
+    pub fn status_counts(&self, shard: u32) -> Result<Vec<(InstanceStatus, i64)>> {
+        let statuses = [
+            InstanceStatus::Running,
+            InstanceStatus::Waiting,
+            InstanceStatus::Completed,
+            InstanceStatus::Failed,
+            InstanceStatus::Compensating,
+            InstanceStatus::Compensated,
+            InstanceStatus::CompensationFailed,
+            InstanceStatus::Cancelled,
+        ];
+        let mut out = Vec::new();
+        for status in statuses {
+            let key = keys::status_counter(shard, status);
+            if let Some(value) = self.db.get_pinned_cf(self.cf(Table::Counters.cf()), key)? {
+                out.push((status, read_i64(&value)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Open human tasks, in shard then id order, after `cursor` (a task id),
+    /// at most `limit`, those for which `keep` holds.
+    pub fn human_tasks(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&HumanTaskRecord) -> bool,
+    ) -> Result<Vec<HumanTaskRecord>> {
+        let from = cursor.and_then(|c| Some((keys::shard_of_short_id("human", c)?, c)));
+        self.across_shards(Table::HumanTasks, from, limit, keep)
+    }
+
+    /// One open human task.
+    pub fn human_task(&self, id: &str) -> Result<Option<HumanTaskRecord>> {
+        match keys::shard_of_short_id("human", id) {
+            Some(shard) if shard < self.shards => {
+                self.get(Table::HumanTasks.cf(), &keys::by_id(shard, id))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Open incidents, in shard then id order, after `cursor` (an incident
+    /// id), at most `limit`.
+    pub fn incidents(&self, cursor: Option<&str>, limit: usize) -> Result<Vec<IncidentRecord>> {
+        let from = cursor.and_then(|c| Some((keys::shard_of_short_id("incident", c)?, c)));
+        self.across_shards(Table::Incidents, from, limit, |_| true)
+    }
+
+    /// One open incident.
+    pub fn incident(&self, id: &str) -> Result<Option<IncidentRecord>> {
+        match keys::shard_of_short_id("incident", id) {
+            Some(shard) if shard < self.shards => {
+                self.get(Table::Incidents.cf(), &keys::by_id(shard, id))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Records of a table keyed `shard | id`, shard by shard, from after
+    /// `(shard, id)`.
+    fn across_shards<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        from: Option<(u32, &str)>,
+        limit: usize,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        let first = from.map_or(0, |(shard, _)| shard);
+        for shard in first..self.shards {
+            let prefix = keys::shard_start(shard);
+            let mut after = from
+                .filter(|(s, _)| *s == shard)
+                .map(|(_, id)| keys::by_id(shard, id));
+            while out.len() < limit {
+                let page = self.scan::<T>(table.cf(), &prefix, after.as_deref(), 256)?;
+                let Some((last, _)) = page.last() else { break };
+                after = Some(last.clone());
+                let exhausted = page.len() < 256;
+                out.extend(
+                    page.into_iter()
+                        .map(|(_, v)| v)
+                        .filter(|v| keep(v))
+                        .take(limit - out.len()),
+                );
+                if exhausted {
+                    break;
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Instances awaiting event `name` with `correlation`, in every shard.
+    pub fn subscribers(&self, name: &str, correlation: Option<&str>) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for shard in 0..self.shards {
+            let prefix = keys::subscription_prefix(shard, name, correlation);
+            ids.extend(
+                self.scan::<()>(Table::Subscriptions.cf(), &prefix, None, usize::MAX)?
+                    .into_iter()
+                    .map(|(key, _)| String::from_utf8_lossy(&key[prefix.len()..]).into_owned()),
+            );
+        }
+        Ok(ids)
+    }
+}
+
+pub(crate) fn read_i64(bytes: &[u8]) -> i64 {
+    bytes.try_into().map_or(0, i64::from_le_bytes)
+}
+
+/// The `counters` merge: adds little-endian i64 operands.
+fn add_i64(
+    _key: &[u8],
+    existing: Option<&[u8]>,
+    operands: &rocksdb::MergeOperands,
+) -> Option<Vec<u8>> {
+    let sum = operands
+        .into_iter()
+        .fold(existing.map_or(0, read_i64), |sum, op| sum + read_i64(op));
+    Some(sum.to_le_bytes().to_vec())
+}

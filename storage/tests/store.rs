@@ -1,0 +1,304 @@
+//! The store on a real RocksDB: shard-scoped batches, indexed listing,
+//! pagination, shard export/import/delete, and refusing an old format.
+
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use troupe_engine::definition;
+use troupe_engine::engine::{Event, EventKind, Instance, InstanceStatus, TimerId, TimerKind};
+use troupe_storage::{
+    Committer, Error, HumanTaskRecord, Indexed, InstanceRecord, ListOrder, ListQuery, ShardBatch,
+    Store, StoreOptions, TimerRecord, human_task_id,
+};
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(label: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("troupe-storage-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn open(dir: &Path, shards: u32) -> Result<Store, Error> {
+    Store::open(
+        dir,
+        StoreOptions {
+            shards,
+            write_buffer_bytes: 8 << 20,
+            block_cache_bytes: 8 << 20,
+        },
+    )
+}
+
+fn instance(id: &str, definition: &str, status: InstanceStatus, updated_at: u64) -> InstanceRecord {
+    let def = definition::load(&format!(
+        "name: {definition}\nversion: 1\nsteps:\n  - {{ id: a, task: noop }}\n"
+    ))
+    .unwrap();
+    let mut state = Instance::blank(&def);
+    state.id = id.into();
+    state.status = status;
+    state.updated_at = updated_at;
+    InstanceRecord {
+        state,
+        parent: None,
+    }
+}
+
+/// Writes (or rewrites) an instance the way a transition does.
+async fn put(
+    committer: &Committer,
+    shard: u32,
+    record: &InstanceRecord,
+    previous: Option<Indexed>,
+) {
+    let mut batch = ShardBatch::new(shard);
+    batch.put_instance(record, previous);
+    batch.count_status(record.state.status, 1);
+    if let Some(p) = previous {
+        batch.count_status(p.status, -1);
+    }
+    committer.append(batch).await.unwrap();
+}
+
+#[tokio::test]
+async fn listing_reads_through_the_indexes_in_order_and_by_page() {
+    let dir = Dir::new("list");
+    let store = open(&dir.0, 4).unwrap();
+    let committer = Committer::start(store.clone(), false, 64);
+    for n in 0..40u64 {
+        let status = if n % 10 == 3 {
+            InstanceStatus::Failed
+        } else {
+            InstanceStatus::Completed
+        };
+        let def = if n % 2 == 0 { "even" } else { "odd" };
+        let id = format!("i-{n:02}");
+        let shard = troupe_protocol::shard_of(&id, 4);
+        put(
+            &committer,
+            shard,
+            &instance(&id, def, status, 1000 + n),
+            None,
+        )
+        .await;
+    }
+    // One instance fails later: its old index entries must go.
+    let moved = instance("i-00", "even", InstanceStatus::Failed, 5000);
+    let shard = troupe_protocol::shard_of("i-00", 4);
+    let previous = Indexed {
+        status: InstanceStatus::Completed,
+        updated_at: 1000,
+    };
+    put(&committer, shard, &moved, Some(previous)).await;
+
+    let ids = |page: &troupe_storage::Page| -> Vec<String> {
+        page.items.iter().map(|r| r.state.id.clone()).collect()
+    };
+    let failed = store
+        .list(&ListQuery {
+            status: Some(InstanceStatus::Failed),
+            limit: 10,
+            ..ListQuery::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&failed), ["i-00", "i-03", "i-13", "i-23", "i-33"]);
+    assert_eq!(failed.next, None);
+
+    let first = store
+        .list(&ListQuery {
+            definition: Some("odd".into()),
+            limit: 3,
+            ..ListQuery::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&first), ["i-01", "i-03", "i-05"]);
+    let second = store
+        .list(&ListQuery {
+            definition: Some("odd".into()),
+            limit: 3,
+            cursor: first.next.clone(),
+            ..ListQuery::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&second), ["i-07", "i-09", "i-11"]);
+
+    let newest = store
+        .list(&ListQuery {
+            order: ListOrder::NewestFirst,
+            limit: 3,
+            ..ListQuery::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&newest), ["i-00", "i-39", "i-38"]);
+    let older = store
+        .list(&ListQuery {
+            order: ListOrder::NewestFirst,
+            limit: 2,
+            cursor: newest.next.clone(),
+            ..ListQuery::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&older), ["i-37", "i-36"]);
+
+    let all = store
+        .list(&ListQuery {
+            limit: 1000,
+            ..ListQuery::default()
+        })
+        .unwrap();
+    assert_eq!(all.items.len(), 40);
+    assert!(all.items.windows(2).all(|w| w[0].state.id < w[1].state.id));
+    let counted: i64 = (0..4)
+        .flat_map(|s| store.status_counts(s).unwrap())
+        .filter(|(s, _)| *s == InstanceStatus::Failed)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(counted, 5);
+}
+
+#[tokio::test]
+async fn a_shard_moves_whole_between_stores_and_leaves_nothing_behind() {
+    let (a, b) = (Dir::new("move-a"), Dir::new("move-b"));
+    let (from, to) = (open(&a.0, 2).unwrap(), open(&b.0, 2).unwrap());
+    let committer = Committer::start(from.clone(), false, 64);
+    let id = (0..)
+        .map(|n| format!("w-{n}"))
+        .find(|id| troupe_protocol::shard_of(id, 2) == 1)
+        .unwrap();
+    let other = (0..)
+        .map(|n| format!("w-{n}"))
+        .find(|id| troupe_protocol::shard_of(id, 2) == 0)
+        .unwrap();
+    let mut batch = ShardBatch::new(1);
+    batch.put_instance(&instance(&id, "d", InstanceStatus::Waiting, 7), None);
+    batch.append_event(
+        &id,
+        1,
+        &Event {
+            at: 7,
+            kind: EventKind::CancelRequested { reason: "x".into() },
+        },
+    );
+    let timer = TimerId {
+        kind: TimerKind::Wait,
+        path: "nap".into(),
+        attempt: 0,
+    };
+    batch.arm_timer(&TimerRecord {
+        instance: id.clone(),
+        timer: timer.clone(),
+        at: 99,
+    });
+    batch.put_human_task(&HumanTaskRecord {
+        id: human_task_id(1, &id, "ask"),
+        instance: id.clone(),
+        path: "ask".into(),
+        assignee: "ops".into(),
+        input: json!({"q": 1}),
+        escalated: false,
+        created_at: 7,
+    });
+    batch.subscribe("paid", Some("o-1"), &id);
+    batch.count_status(InstanceStatus::Waiting, 1);
+    committer.append(batch).await.unwrap();
+    put(
+        &committer,
+        0,
+        &instance(&other, "d", InstanceStatus::Waiting, 8),
+        None,
+    )
+    .await;
+
+    let digest = from.shard_digest(1).unwrap();
+    let mut chunks = 0;
+    from.export_shard(1, 64, |entries| {
+        chunks += 1;
+        to.import_shard(1, entries)
+    })
+    .unwrap();
+    assert!(chunks > 1, "small chunks");
+    assert_eq!(to.shard_digest(1).unwrap(), digest, "the copy is exact");
+    assert_eq!(to.instance(1, &id).unwrap().unwrap().state.id, id);
+    assert_eq!(to.timers(1).unwrap()[0].timer, timer);
+    assert_eq!(to.history(1, &id, None, 10).unwrap().len(), 1);
+    let task_id = human_task_id(1, &id, "ask");
+    assert_eq!(to.human_task(&task_id).unwrap().unwrap().assignee, "ops");
+    assert_eq!(
+        to.subscribers("paid", Some("o-1")).unwrap(),
+        vec![id.clone()]
+    );
+    assert_eq!(to.status_counts(1).unwrap(), [(InstanceStatus::Waiting, 1)]);
+    assert!(
+        to.instance(0, &other).unwrap().is_none(),
+        "only shard 1 moved"
+    );
+
+    // An import cannot write outside its shard.
+    let mut stray = Vec::new();
+    from.export_shard(0, 1 << 20, |entries| {
+        stray.extend(entries);
+        Ok(())
+    })
+    .unwrap();
+    assert!(matches!(to.import_shard(1, stray), Err(Error::Import(_))));
+
+    from.delete_shard(1).unwrap();
+    assert!(from.instance(1, &id).unwrap().is_none());
+    assert!(from.timers(1).unwrap().is_empty());
+    assert!(from.human_task(&task_id).unwrap().is_none());
+    assert!(
+        from.instance(0, &other).unwrap().is_some(),
+        "shard 0 untouched"
+    );
+}
+
+#[test]
+fn a_data_dir_of_the_old_format_is_refused_untouched() {
+    let dir = Dir::new("format");
+    {
+        // Format 1: the column families of the unscoped layout.
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let db = rocksdb::DB::open_cf(&options, &dir.0, ["instances", "journal", "meta"]).unwrap();
+        db.put_cf(db.cf_handle("instances").unwrap(), b"old", b"\x01{}")
+            .unwrap();
+    }
+    let err = open(&dir.0, 4).err().expect("refused");
+    assert!(
+        matches!(
+            err,
+            Error::Format {
+                found: 1,
+                expected: 2
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("empty data dir"), "{err}");
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &dir.0).unwrap();
+    assert!(
+        !cfs.iter().any(|cf| cf == "by_status"),
+        "nothing was created: {cfs:?}"
+    );
+    // A store of this format reopens, and keeps its shard count.
+    let fresh = Dir::new("format-fresh");
+    drop(open(&fresh.0, 4).unwrap());
+    assert!(open(&fresh.0, 4).is_ok());
+    assert!(matches!(
+        open(&fresh.0, 8),
+        Err(Error::Shards {
+            found: 4,
+            configured: 8
+        })
+    ));
+}
