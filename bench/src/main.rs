@@ -202,6 +202,33 @@ async fn sweep(
     }
 }
 
+/// Among everything stored, ten instances fail; returns how long one page
+/// of the `failed` ones takes over HTTP (median and slowest of five).
+async fn list_rare(client: &Client, http: &str) -> anyhow::Result<(f64, f64)> {
+    client
+        .deploy("name: bench-rare\nversion: 1\nsteps:\n  - { id: x, fail: { code: rare } }\n")
+        .await?;
+    let run = std::process::id();
+    for n in 0..10 {
+        let id = format!("bench-rare-{run}-{n}");
+        client
+            .start("bench-rare", Some(&id), &serde_json::json!({}))
+            .await?;
+        client.result(&id, Duration::from_secs(10)).await?;
+    }
+    let url = format!("{http}/v1/workflows?status=failed&limit=10");
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let begin = std::time::Instant::now();
+        let page: serde_json::Value = reqwest::get(&url).await?.json().await?;
+        times.push(begin.elapsed().as_secs_f64() * 1000.0);
+        let found = page["workflows"].as_array().map_or(0, Vec::len);
+        anyhow::ensure!(found == 10, "listed {found} failed instances, not 10");
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[2], times[4]))
+}
+
 /// Runs one scenario and returns its JSON result.
 async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
     let mut target = match (&args.native, &args.http) {
@@ -283,6 +310,11 @@ async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
     let after_metrics = target.metrics().await.unwrap_or_default();
     let after_cpu = target.cpu_seconds();
     let after_rss = target.rss();
+    let list_rare = if timers {
+        Some(list_rare(&clients[0], &target.http).await?)
+    } else {
+        None
+    };
     let restart = if args.kill_restart {
         drop(clients);
         eprintln!("SIGKILL and restart");
@@ -303,6 +335,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
             rss_before: before_rss,
             rss_after: after_rss,
             restart,
+            list_rare,
         },
     ))
 }

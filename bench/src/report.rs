@@ -21,6 +21,9 @@ pub struct NodeSide {
     pub rss_after: Option<(u64, u64)>,
     /// Time to restart after a SIGKILL, when measured.
     pub restart: Option<Duration>,
+    /// One page of a rare status among everything stored: median and
+    /// slowest, ms.
+    pub list_rare: Option<(f64, f64)>,
 }
 
 /// Seconds per reported window.
@@ -93,6 +96,7 @@ pub fn result(
             "node_rss_mb": rss_windows,
         },
         "restart_after_kill_s": node.restart.map(|d| (d.as_secs_f64() * 100.0).round() / 100.0),
+        "list_rare_page_ms": node.list_rare.map(|(median, max)| json!({"median": (median * 100.0).round() / 100.0, "max": (max * 100.0).round() / 100.0})),
         "transitions_per_s": (transitions / secs).round(),
         "latency_ms": {
             "p50": ms(h.value_at_quantile(0.5)), "p90": ms(h.value_at_quantile(0.9)),
@@ -310,6 +314,12 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
         format!(
             "| restart after SIGKILL with {waiting} waiting instances (until the node listens) | {} s | |",
             timers["restart_after_kill_s"]
+        ),
+        format!(
+            "| a page of the 10 `failed` among {waiting} stored instances, over HTTP: < 50 ms | median {} ms, slowest {} ms | {} |",
+            timers["list_rare_page_ms"]["median"],
+            timers["list_rare_page_ms"]["max"],
+            check(timers["list_rare_page_ms"]["max"].as_f64() < Some(50.0))
         ),
         format!(
             "| < 1 KB per passivated waiting instance | {per_waiting} B | {} |",

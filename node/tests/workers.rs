@@ -411,3 +411,56 @@ async fn heartbeats_extend_the_lease_past_start_to_close() {
     assert_eq!(done["accepted"], true, "{done}");
     t.api.wait_status("lease-1", "completed").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_report_leaves_the_deferred_start_pending() {
+    let t = TestNode::start().await;
+    t.api
+        .deploy("name: defer\nversion: 1\nsteps:\n  - { id: a, task: plain.job, timeout: 1m }\n")
+        .await;
+    t.api.start("defer", "defer-1", json!({})).await;
+    let (_, polled) = t
+        .api
+        .post(
+            "/v1/tasks/poll",
+            json!({"worker": "w", "task_types": ["plain.job"], "max": 1, "wait_ms": 5000}),
+        )
+        .await;
+    let token = polled["tasks"][0]["token"].as_str().unwrap().to_owned();
+    // A failure without a code is refused as invalid...
+    let (status, body) = t
+        .api
+        .post(
+            &format!("/v1/tasks/{token}/fail"),
+            json!({"code": "", "message": "?"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    // ...and does not use up the attempt's deferred start: the accepted
+    // report (or the delay) still journals it.
+    let (status, body) = t
+        .api
+        .post(
+            &format!("/v1/tasks/{token}/complete"),
+            json!({"output": {}}),
+        )
+        .await;
+    assert_eq!((status, &body["accepted"]), (200, &json!(true)), "{body}");
+    let done = t.api.wait_status("defer-1", "completed").await;
+    assert_eq!(done["steps"][0]["attempts"], 1);
+    let (_, history) = t.api.get("/v1/workflows/defer-1/history").await;
+    let types: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        ["started", "task_started", "task_completed"],
+        "{history}"
+    );
+}
