@@ -82,15 +82,13 @@ impl Actor for WorkflowActor {
         state: &mut WorkflowState,
     ) -> Result<(), ActorProcessingErr> {
         let services = state.args.services.clone();
-        // RocksDB reads block: off the async workers.
-        let (store, shard, id) = (
-            services.store.clone(),
-            state.args.shard,
-            state.args.id.clone(),
-        );
-        let loaded =
-            tokio::task::spawn_blocking(move || store.instance_sized(shard, &id)).await??;
-        if let Some((record, size)) = loaded {
+        // One point read (bloom-filtered, usually from the memtable or the
+        // block cache): cheaper inline than a hop to the blocking pool,
+        // which costs two context switches per activation.
+        if let Some((record, size)) = services
+            .store
+            .instance_sized(state.args.shard, &state.args.id)?
+        {
             state.charge.resize(instance_bytes(size));
             let def = services.definitions.get(
                 &services.store,

@@ -51,7 +51,7 @@ impl From<troupe_storage::Error> for ApiError {
     }
 }
 
-/// Runs a storage read (or synced write) on the blocking pool, off the
+/// Runs a storage scan (or synced write) on the blocking pool, off the
 /// async workers.
 async fn blocking<T: Send + 'static>(
     rt: &Runtime,
@@ -245,10 +245,14 @@ fn serving(rt: &Runtime, shard: u32) -> Result<()> {
 
 /// An instance as stored (its last durable state).
 pub async fn workflow(rt: &Runtime, id: &str) -> Result<Json> {
-    let (shard, owned) = (rt.router().shard_of(id), id.to_owned());
+    let shard = rt.router().shard_of(id);
     serving(rt, shard)?;
-    let record = blocking(rt, move |store| Ok(store.instance(shard, &owned)?))
-        .await?
+    // A point read, inline: a hop to the blocking pool would cost more than
+    // the read (scans and synced writes do go there).
+    let record = rt
+        .services
+        .store
+        .instance(shard, id)?
         .ok_or_else(|| not_found(id))?;
     Ok(view::instance(&record.state))
 }
