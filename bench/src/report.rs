@@ -258,9 +258,14 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
         .unwrap_or(0);
     let timers_rss = timers["node_peak_rss_mb"].as_u64().unwrap_or(u64::MAX);
     let windows = |r: &Value| {
+        let all: Vec<String> = r["windows"]["workflows_per_s"]
+            .as_array()
+            .map(|w| w.iter().map(Value::to_string).collect())
+            .unwrap_or_default();
         format!(
-            "slowest {} of {:?} wf/s per 10 s",
-            r["windows"]["slowest"], r["windows"]["workflows_per_s"]
+            "slowest {} of [{}] wf/s per 10 s",
+            r["windows"]["slowest"],
+            all.join(", ")
         )
     };
     let targets = [
