@@ -22,6 +22,16 @@ impl FinishWaiters {
         rx
     }
 
+    /// Instances someone waits for.
+    pub fn len(&self) -> usize {
+        self.waiting.lock().expect("waiters lock").len()
+    }
+
+    /// Whether nobody waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Forgets the waiters of `id` that gave up.
     pub fn forget_closed(&self, id: &str) {
         let mut waiting = self.waiting.lock().expect("waiters lock");

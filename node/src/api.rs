@@ -546,12 +546,23 @@ pub fn cluster(rt: &Runtime, node_id: u64) -> Json {
 /// An instance's view once it has ended, waiting up to `wait` for that; the
 /// view says `status` either way.
 pub async fn await_workflow(rt: &Runtime, id: &str, wait: std::time::Duration) -> Result<Json> {
-    let ended = rt.services.finished.wait(id);
-    let view = workflow(rt, id).await?;
+    let waiters = &rt.services.finished;
+    let ended = waiters.wait(id);
+    // Our receiver must be dropped before its entry is forgotten, or the
+    // entry stays (one per awaited instance, for good).
+    let view = match workflow(rt, id).await {
+        Ok(view) => view,
+        Err(e) => {
+            drop(ended);
+            waiters.forget_closed(id);
+            return Err(e);
+        }
+    };
     let terminal = serde_json::from_value::<InstanceStatus>(view["status"].clone())
         .is_ok_and(InstanceStatus::is_terminal);
     if terminal || wait.is_zero() {
-        rt.services.finished.forget_closed(id);
+        drop(ended);
+        waiters.forget_closed(id);
         return Ok(view);
     }
     let waited = tokio::time::timeout(wait.min(std::time::Duration::from_secs(60)), ended).await;

@@ -72,6 +72,10 @@ impl Store {
             let mut table = rocksdb::BlockBasedOptions::default();
             table.set_bloom_filter(10.0, false);
             table.set_block_cache(&cache);
+            // Index and filter blocks live in the cache too, so their memory
+            // is bounded by it rather than growing with the data stored.
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
             cf.set_block_based_table_factory(&table);
             if name == Table::Counters.cf() {
                 cf.set_merge_operator_associative("add_i64", add_i64);
