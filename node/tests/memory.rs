@@ -8,20 +8,15 @@ use common::{Api, TempDir, eventually};
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use troupe_node::{Config, Node};
+use troupe_node::Node;
 
 /// A node that would keep idle instances for an hour, with `limits` TOML.
 async fn node(dir: &TempDir, limits: &str) -> (Node, Api) {
-    let config = Config::from_toml(&format!(
-        "node-id = 1\ndata-dir = \"{}\"\nhttp-addr = \"127.0.0.1:0\"\nnative-addr = \"127.0.0.1:0\"\nshards = 4\n\
-         [engine]\npassivate-after = \"1h\"\n[limits]\n{limits}\n",
-        dir.path().join("data").display()
-    ))
-    .unwrap();
-    common::init_tracing();
-    let node = Node::start(config).await.expect("node starts");
-    let api = Api::new(&format!("http://{}", node.http_addr()));
-    (node, api)
+    common::node_with(
+        dir,
+        &format!("[engine]\npassivate-after = \"1h\"\n[limits]\n{limits}\n"),
+    )
+    .await
 }
 
 fn live(node: &Node) -> usize {

@@ -10,22 +10,13 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use troupe_node::{Config, Node};
+use troupe_node::Node;
 use troupe_protocol::shard_of;
 
 const SHARDS: u32 = 4;
 
 async fn node(dir: &TempDir) -> (Node, Api) {
-    let config = Config::from_toml(&format!(
-        "node-id = 1\ndata-dir = \"{}\"\nhttp-addr = \"127.0.0.1:0\"\nnative-addr = \"127.0.0.1:0\"\nshards = {SHARDS}\n\
-         [engine]\npassivate-after = \"300ms\"\n",
-        dir.path().join("data").display()
-    ))
-    .unwrap();
-    common::init_tracing();
-    let node = Node::start(config).await.expect("node starts");
-    let api = Api::new(&format!("http://{}", node.http_addr()));
-    (node, api)
+    common::node_with(dir, "[engine]\npassivate-after = \"300ms\"\n").await
 }
 
 /// An id of `prefix` that lands on `shard`.

@@ -146,6 +146,20 @@ impl TestNode {
     }
 }
 
+/// An in-process node on `dir` with 4 shards and the config sections in
+/// `tail` (e.g. `[engine]` settings), and a client for its HTTP API.
+pub async fn node_with(dir: &TempDir, tail: &str) -> (Node, Api) {
+    init_tracing();
+    let config = Config::from_toml(&format!(
+        "node-id = 1\ndata-dir = \"{}\"\nhttp-addr = \"127.0.0.1:0\"\nnative-addr = \"127.0.0.1:0\"\nshards = 4\n{tail}",
+        dir.path().join("data").display()
+    ))
+    .unwrap();
+    let node = Node::start(config).await.expect("node starts");
+    let api = Api::new(&format!("http://{}", node.http_addr()));
+    (node, api)
+}
+
 /// A small HTTP/JSON client.
 #[derive(Clone)]
 pub struct Api {
