@@ -1,14 +1,15 @@
 //! Turning one applied event into storage ops (committed with it) and, once
 //! durable, into actions in the world.
 
+use crate::stored::Persisted;
 use crate::{Command, Services};
 use troupe_engine::engine::{
     Effect, ErrorInfo, Event, EventKind, InstanceStatus, Millis, RunDetail,
 };
 use troupe_protocol::ErrorCode;
 use troupe_storage::{
-    HumanTaskRecord, IncidentRecord, Indexed, InstanceRecord, OutboxRecord, ParentLink, ShardBatch,
-    TimerRecord, human_task_id, incident_id,
+    HumanTaskRecord, IncidentRecord, Indexed, InstanceHead, InstanceRecord, OutboxRecord,
+    ParentLink, ShardBatch, TimerRecord, human_task_id, incident_id,
 };
 
 /// One journaled event of a transition; `inline` marks a `noop` completion
@@ -19,24 +20,38 @@ pub(crate) struct Journaled {
     pub inline: bool,
 }
 
+/// A transition's batch, and what it writes.
+pub(crate) struct Built {
+    /// The batch.
+    pub batch: ShardBatch,
+    /// What will be on disk of the instance once it is committed.
+    pub persisted: Persisted,
+    /// Encoded journal events, bytes.
+    pub journal_bytes: usize,
+    /// Encoded snapshot, bytes, when one is written.
+    pub snapshot_bytes: Option<usize>,
+}
+
 /// What a transition (one or more events applied together) writes:
-/// journal entries, the snapshot with its index entries, and every side
-/// record the effects create or remove, in one batch of the instance's
-/// shard. Everything comes from the engine state; nothing is read.
-/// Returns the batch and the snapshot's encoded size.
+/// journal entries, the head with its index entries, the whole state when
+/// a snapshot is due (see `stored.rs`), and every side record the effects
+/// create or remove, in one batch of the instance's shard. Everything comes
+/// from the engine state; nothing is read.
 pub(crate) fn batch(
     shard: u32,
     record: &InstanceRecord,
     previous: Option<Indexed>,
+    persisted: Persisted,
     journal: &[Journaled],
     effects: &[Effect],
-) -> (ShardBatch, usize) {
+) -> Built {
     let id = record.state.id.as_str();
     let now = journal.last().map_or(0, |j| j.event.at);
     let first_seq = record.state.events_applied + 1 - journal.len() as u64;
     let mut batch = ShardBatch::new(shard);
+    let mut journal_bytes = 0;
     for (n, entry) in journal.iter().enumerate() {
-        batch.append_event(id, first_seq + n as u64, &entry.event);
+        journal_bytes += batch.append_event(id, first_seq + n as u64, &entry.event);
         match &entry.event.kind {
             EventKind::TimerFired { timer } => batch.cancel_timer(id, timer),
             EventKind::HumanCompleted { path, .. } | EventKind::ChildEnded { path, .. } => {
@@ -51,7 +66,25 @@ pub(crate) fn batch(
             _ => {}
         }
     }
-    let size = batch.put_instance(record, previous);
+    let mut snapshot_bytes = None;
+    let persisted = if persisted.snapshot_due(journal_bytes, record.state.status.is_terminal()) {
+        let bytes = batch.put_snapshot(&record.state);
+        snapshot_bytes = Some(bytes);
+        Persisted {
+            snapshot_events: record.state.events_applied,
+            snapshot_bytes: bytes,
+            tail_bytes: 0,
+        }
+    } else {
+        Persisted {
+            tail_bytes: persisted.tail_bytes + journal_bytes,
+            ..persisted
+        }
+    };
+    batch.put_head(
+        &InstanceHead::of(record, persisted.snapshot_events),
+        previous,
+    );
     let (before, after) = (previous.map(|p| p.status), record.state.status);
     if before != Some(after) {
         if let Some(before) = before {
@@ -138,10 +171,20 @@ pub(crate) fn batch(
                 opened_at: now,
             }),
             Effect::CloseIncident { path } => batch.delete_incident(id, path),
+            Effect::ArchiveRuns { runs } => {
+                for (path, run) in runs {
+                    batch.archive_run(id, path, run);
+                }
+            }
             Effect::CancelChild { .. } | Effect::Finished { .. } => {}
         }
     }
-    (batch, size)
+    Built {
+        batch,
+        persisted,
+        journal_bytes,
+        snapshot_bytes,
+    }
 }
 
 /// Drops timer work that cancels out within one transition: a timer armed
@@ -231,6 +274,7 @@ pub(crate) fn perform(services: &Services, record: &InstanceRecord, effects: Vec
                 metrics::counter!(crate::metrics::INCIDENTS_OPENED_TOTAL).increment(1)
             }
             Effect::OpenHumanTask { .. }
+            | Effect::ArchiveRuns { .. }
             | Effect::EscalateHumanTask { .. }
             | Effect::CloseHumanTask { .. }
             | Effect::Subscribe { .. }

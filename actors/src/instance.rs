@@ -9,6 +9,7 @@
 
 use crate::budget::{Charge, INSTANCE_OVERHEAD_BYTES, instance_bytes};
 use crate::shard::ShardMsg;
+use crate::stored::{self, Persisted};
 use crate::{Applied, Command, Error, ReplyTo, Services, effects};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::Value as Json;
@@ -51,6 +52,8 @@ pub struct WorkflowState {
     args: WorkflowArgs,
     record: Option<InstanceRecord>,
     definition: Option<Arc<Definition>>,
+    /// What is on disk of it.
+    persisted: Persisted,
     last_active: Instant,
     /// What this actor costs, charged to the node's memory budget.
     charge: Charge,
@@ -71,6 +74,7 @@ impl Actor for WorkflowActor {
             args,
             record: None,
             definition: None,
+            persisted: Persisted::default(),
             last_active: Instant::now(),
             charge,
         })
@@ -82,22 +86,14 @@ impl Actor for WorkflowActor {
         state: &mut WorkflowState,
     ) -> Result<(), ActorProcessingErr> {
         let services = state.args.services.clone();
-        // One point read (bloom-filtered, usually from the memtable or the
-        // block cache): cheaper inline than a hop to the blocking pool,
-        // which costs two context switches per activation.
-        if let Some((record, size)) = services
-            .store
-            .instance_sized(state.args.shard, &state.args.id)?
-        {
-            state.charge.resize(instance_bytes(size));
-            let def = services.definitions.get(
-                &services.store,
-                &record.state.definition,
-                record.state.version,
-            )?;
-            state.definition =
-                Some(def.ok_or_else(|| format!("definition of {} is gone", state.args.id))?);
-            state.record = Some(record);
+        // Point reads (bloom-filtered, usually from the memtable or the
+        // block cache) and a short replay: cheaper inline than a hop to the
+        // blocking pool, which costs two context switches per activation.
+        if let Some(loaded) = stored::load(&services, state.args.shard, &state.args.id)? {
+            state.charge.resize(instance_bytes(loaded.persisted.size()));
+            state.definition = Some(loaded.definition);
+            state.record = Some(loaded.record);
+            state.persisted = loaded.persisted;
             if state.args.recover {
                 effects::redo_outbox(&services, &state.args.id)?;
             }
@@ -257,6 +253,7 @@ async fn start(
     .await;
     if result.is_err() {
         state.record = None;
+        state.persisted = Persisted::default();
     }
     result
 }
@@ -273,7 +270,10 @@ async fn transition(state: &mut WorkflowState, kinds: Vec<EventKind>) -> Result<
     let record = state.record.as_mut().expect("checked by caller");
     let before = record.state.status;
     let is_start = matches!(kinds.first(), Some(EventKind::Started { .. }));
-    let previous = (!is_start).then(|| Indexed::of(record));
+    let previous = (!is_start).then_some(Indexed {
+        status: record.state.status,
+        updated_at: record.state.updated_at,
+    });
     let mut journal = Vec::with_capacity(kinds.len());
     let mut effects = Vec::new();
     let mut last_ignored = None;
@@ -297,12 +297,24 @@ async fn transition(state: &mut WorkflowState, kinds: Vec<EventKind>) -> Result<
     }
     complete_noops_inline(&def, &mut record.state, &mut journal, &mut effects);
     let effects = effects::net_out(effects, &journal);
-    let (batch, snapshot_bytes) =
-        effects::batch(state.args.shard, record, previous, &journal, &effects);
+    let built = effects::batch(
+        state.args.shard,
+        record,
+        previous,
+        state.persisted,
+        &journal,
+        &effects,
+    );
     let after = record.state.status;
     let started = std::time::Instant::now();
-    services.committer.append(batch).await?;
-    state.charge.resize(instance_bytes(snapshot_bytes));
+    services.committer.append(built.batch).await?;
+    state.persisted = built.persisted;
+    state.charge.resize(instance_bytes(built.persisted.size()));
+    metrics::counter!(crate::metrics::JOURNAL_BYTES_TOTAL).increment(built.journal_bytes as u64);
+    if let Some(bytes) = built.snapshot_bytes {
+        metrics::counter!(crate::metrics::SNAPSHOTS_TOTAL).increment(1);
+        metrics::counter!(crate::metrics::SNAPSHOT_BYTES_TOTAL).increment(bytes as u64);
+    }
     if is_start {
         metrics::counter!(crate::metrics::WORKFLOWS_STARTED_TOTAL, "definition" => def.name.clone())
             .increment(1);

@@ -3,10 +3,10 @@
 //!
 //! A command for an instance goes to the actor of its shard
 //! (`shard_of(id)`), which forwards it to the instance's actor, spawning it
-//! (and loading its snapshot) when it is not live. The instance actor applies
-//! the event with the engine, commits the journal entry, snapshot and side
-//! records in one group commit, and only then carries out the effects and
-//! replies.
+//! (and loading its snapshot and journal tail) when it is not live. The
+//! instance actor applies the event with the engine, commits the journal
+//! entries, head and side records (and from time to time a snapshot) in one
+//! group commit, and only then carries out the effects and replies.
 //!
 //! The crate talks to storage through `troupe-storage` only (no RocksDB, no
 //! keys) and carries out what the pure engine (`troupe-engine`) returns.
@@ -24,6 +24,7 @@ mod router;
 mod runtime;
 mod services;
 mod shard;
+mod stored;
 mod tasks;
 mod timers;
 pub mod view;
@@ -35,6 +36,7 @@ pub use error::{Error, Result};
 pub use router::Router;
 pub use runtime::Runtime;
 pub use services::{Services, Settings};
+pub use stored::{Loaded, Persisted, load as load_instance, read as read_instance};
 pub use tasks::{TaskError, TaskHandler, TaskHandlers, TaskRequest};
 pub use waiters::FinishWaiters;
 

@@ -11,6 +11,12 @@ pub const WORKFLOWS_FINISHED_TOTAL: &str = "troupe_workflows_finished_total";
 pub const WORKFLOWS: &str = "troupe_workflows";
 /// Durable transitions (journaled events).
 pub const TRANSITIONS_TOTAL: &str = "troupe_transitions_total";
+/// Journal bytes written (encoded events).
+pub const JOURNAL_BYTES_TOTAL: &str = "troupe_journal_bytes_total";
+/// Instance snapshots written (whole states).
+pub const SNAPSHOTS_TOTAL: &str = "troupe_snapshots_total";
+/// Instance snapshot bytes written.
+pub const SNAPSHOT_BYTES_TOTAL: &str = "troupe_snapshot_bytes_total";
 /// Time from a transition's commit request to durability.
 pub const TRANSITION_SECONDS: &str = "troupe_transition_commit_seconds";
 /// Task attempts dispatched, by task type.
@@ -57,6 +63,20 @@ pub fn describe() {
         "Workflow instances by status (counted durably with each transition)"
     );
     describe_counter!(TRANSITIONS_TOTAL, "Durable transitions (journaled events)");
+    describe_counter!(
+        JOURNAL_BYTES_TOTAL,
+        Unit::Bytes,
+        "Journal bytes written (encoded events)"
+    );
+    describe_counter!(
+        SNAPSHOTS_TOTAL,
+        "Instance snapshots written: when an instance ends, or when its journal since the last one outweighs it"
+    );
+    describe_counter!(
+        SNAPSHOT_BYTES_TOTAL,
+        Unit::Bytes,
+        "Instance snapshot bytes written"
+    );
     describe_histogram!(
         TRANSITION_SECONDS,
         Unit::Seconds,

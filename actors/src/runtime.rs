@@ -129,10 +129,12 @@ impl Runtime {
             .await
             .map_err(|e| crate::Error::new(troupe_protocol::ErrorCode::Internal, e.to_string()))?;
         crate::metrics::status_counts(&counts, 1.0);
+        // Route first: a timer already due fires at once, and a firing
+        // into a shard not yet routed would be lost until the next start.
+        services.router.set(shard, Some(actor));
         for timer in timers {
             services.timers.arm(&timer.instance, timer.timer, timer.at);
         }
-        services.router.set(shard, Some(actor));
         for id in outbox {
             services.router.cast(&id, Command::Recover);
         }

@@ -165,6 +165,7 @@ fn react(
         | Effect::CloseHumanTask { .. }
         | Effect::Unsubscribe { .. }
         | Effect::CloseIncident { .. }
+        | Effect::ArchiveRuns { .. }
         | Effect::Finished { .. } => {}
     }
 }
@@ -211,7 +212,7 @@ fn describe_effect(effect: &Effect) -> Option<String> {
         ),
         Effect::CancelTask { path, attempt } => format!("cancel task {path}#{attempt}"),
         Effect::ArmTimer { timer, at } => format!("arm timer {timer} at {}", clock(*at)),
-        Effect::CancelTimer { .. } => return None,
+        Effect::CancelTimer { .. } | Effect::ArchiveRuns { .. } => return None,
         Effect::OpenHumanTask { path, assignee, .. } => format!("human task {path} for {assignee}"),
         Effect::EscalateHumanTask { path, assignee } => format!("escalate {path} to {assignee}"),
         Effect::CloseHumanTask { path } => format!("close human task {path}"),

@@ -1268,3 +1268,53 @@ fn duplicate_late_and_unknown_reports_are_ignored() {
         "a finished instance takes no more events"
     );
 }
+
+#[test]
+fn finished_iterations_leave_the_state_and_still_compensate() {
+    let yaml = r#"
+name: big
+version: 1
+steps:
+  - id: each
+    foreach: "input.items"
+    as: item
+    concurrency: 4
+    steps:
+      - { id: pick, task: t.pick, input: "${item}" }
+      - { id: book, task: t.book, input: "${item}", compensate: { task: undo.book, input: "${item}" } }
+  - { id: last, task: t.last, retry: { max_attempts: 1 } }
+"#;
+    let items: Vec<Json> = (0..60).map(|i| json!(i)).collect();
+    let mut sim = Sim::start(load(yaml), json!({ "items": items }));
+    let mut booked = Vec::new();
+    while let Some(path) = sim.out().into_iter().find(|p| p.starts_with("each/")) {
+        let input = sim.task(&path).input.clone();
+        if path.ends_with("/book") {
+            booked.push(input.clone());
+        }
+        sim.complete(&path, input);
+        // Only running iterations keep their runs: at most 4 iterations of
+        // 2 steps, plus the foreach itself.
+        assert!(
+            sim.inst.steps.len() <= 1 + 4 * 2,
+            "{:?}",
+            sim.inst.steps.keys()
+        );
+    }
+    let each = &sim.inst.steps["each"];
+    assert_eq!(each.status, StepStatus::Completed);
+    assert_eq!(each.result, Some(Json::Array(items.clone())));
+    // The 60 `pick` runs were archived; the 60 compensable `book` runs wait
+    // in `folded` for a rollback.
+    assert_eq!(sim.inst.archived.get(&StepStatus::Completed), Some(&60));
+    assert_eq!(sim.inst.folded.len(), 60);
+    sim.fail("last", "boom", false);
+    let mut undone = Vec::new();
+    while let Some(path) = sim.out().into_iter().next() {
+        undone.push(sim.task(&path).input.clone());
+        sim.complete(&path, json!({}));
+    }
+    booked.reverse();
+    assert_eq!(undone, booked, "compensated in reverse order of completion");
+    assert_eq!(sim.status(), InstanceStatus::Compensated);
+}

@@ -4,9 +4,9 @@
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use std::sync::atomic::{AtomicU64, Ordering};
-use troupe_actors::{Applied, Command, Runtime, view};
+use troupe_actors::{Applied, Command, Runtime, Services, view};
 use troupe_engine::definition;
-use troupe_engine::engine::{EventKind, InstanceStatus};
+use troupe_engine::engine::{EventKind, InstanceStatus, StepRun};
 use troupe_protocol::{ErrorCode, stable_hash};
 use troupe_storage::{DefinitionRecord, ListOrder, Store};
 
@@ -243,18 +243,74 @@ fn serving(rt: &Runtime, shard: u32) -> Result<()> {
     }
 }
 
-/// An instance as stored (its last durable state).
+/// Runs a storage read that needs the node's services (definitions to
+/// replay a journal tail) on the blocking pool.
+async fn blocking_services<T: Send + 'static>(
+    rt: &Runtime,
+    read: impl FnOnce(&Services) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let services = rt.services.clone();
+    tokio::task::spawn_blocking(move || read(&services))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("storage task failed: {e}")))?
+}
+
+/// An instance as stored (its last durable state): a summary with step
+/// counts, its open runs and the most recent others.
 pub async fn workflow(rt: &Runtime, id: &str) -> Result<Json> {
     let shard = rt.router().shard_of(id);
     serving(rt, shard)?;
-    // A point read, inline: a hop to the blocking pool would cost more than
-    // the read (scans and synced writes do go there).
-    let record = rt
-        .services
-        .store
-        .instance(shard, id)?
-        .ok_or_else(|| not_found(id))?;
+    let owned = id.to_owned();
+    // Snapshot plus journal tail, replayed: off the async workers.
+    let record = blocking_services(rt, move |services| {
+        Ok(troupe_actors::read_instance(services, shard, &owned)?)
+    })
+    .await?
+    .ok_or_else(|| not_found(id))?;
     Ok(view::instance(&record.state))
+}
+
+/// Step list page size when none is asked for, and the most one page holds.
+const STEPS_PAGE: (usize, usize) = (100, 1000);
+
+/// One page of an instance's step runs in path order, after path `cursor`:
+/// the runs in its state and those archived out of it.
+pub async fn steps(
+    rt: &Runtime,
+    id: &str,
+    cursor: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Json> {
+    let limit = limit.unwrap_or(STEPS_PAGE.0).clamp(1, STEPS_PAGE.1);
+    let shard = rt.router().shard_of(id);
+    serving(rt, shard)?;
+    let (owned, cursor) = (id.to_owned(), cursor.map(str::to_owned));
+    let page = blocking_services(rt, move |services| {
+        let Some(record) = troupe_actors::read_instance(services, shard, &owned)? else {
+            return Ok(None);
+        };
+        let after = cursor.as_deref();
+        let archived = services.store.archived_steps(shard, &owned, after, limit)?;
+        let state = &record.state;
+        let mut runs: Vec<(String, StepRun)> = state
+            .steps
+            .iter()
+            .chain(&state.folded)
+            .filter(|(path, _)| after.is_none_or(|a| path.as_str() > a))
+            .map(|(p, r)| (p.clone(), r.clone()))
+            .chain(archived)
+            .collect();
+        runs.sort_by(|a, b| a.0.cmp(&b.0));
+        runs.truncate(limit);
+        Ok(Some(runs))
+    })
+    .await?
+    .ok_or_else(|| not_found(id))?;
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|(path, _)| path.clone()))
+        .flatten();
+    let steps: Vec<Json> = page.iter().map(|(p, r)| view::step(p, r)).collect();
+    Ok(json!({ "steps": steps, "next_cursor": next }))
 }
 
 /// History page size when none is asked for, and the most one page holds.
@@ -281,7 +337,7 @@ pub async fn history(
     let (shard, owned) = (rt.router().shard_of(id), id.to_owned());
     serving(rt, shard)?;
     let page = blocking(rt, move |store| {
-        if store.instance(shard, &owned)?.is_none() {
+        if store.instance_head(shard, &owned)?.is_none() {
             return Ok(None);
         }
         Ok(Some(store.history(shard, &owned, after, limit)?))
@@ -341,7 +397,7 @@ pub async fn list(rt: &Runtime, query: ListQuery) -> Result<Json> {
         limit,
     };
     let page = blocking(rt, move |store| Ok(store.list(&query)?)).await?;
-    let out: Vec<Json> = page.items.iter().map(|r| view::summary(&r.state)).collect();
+    let out: Vec<Json> = page.items.iter().map(view::summary).collect();
     Ok(json!({ "workflows": out, "next_cursor": page.next }))
 }
 

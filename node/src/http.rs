@@ -92,6 +92,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/workflows", post(start).get(list))
         .route("/v1/workflows/{id}", get(workflow))
         .route("/v1/workflows/{id}/history", get(history))
+        .route("/v1/workflows/{id}/steps", get(steps))
         .route("/v1/workflows/{id}/result", get(result))
         .route("/v1/workflows/{id}/signals/{name}", post(signal))
         .route("/v1/workflows/{id}/cancel", post(cancel))
@@ -231,6 +232,18 @@ async fn history(
     ok(
         StatusCode::OK,
         api::history(&s.runtime, &id, page.cursor.as_deref(), page.limit).await?,
+    )
+}
+
+async fn steps(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Reply {
+    let page = query(q)?;
+    ok(
+        StatusCode::OK,
+        api::steps(&s.runtime, &id, page.cursor.as_deref(), page.limit).await?,
     )
 }
 

@@ -232,3 +232,33 @@ async fn shards_come_and_go_under_load_without_losing_acknowledged_work() {
     assert_eq!(acknowledged.len(), 240);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_due_when_a_shard_activates_all_fire() {
+    let dir = TempDir::new("shards-due");
+    let (first, api) = node(&dir).await;
+    api.deploy("name: short\nversion: 1\nsteps:\n  - { id: nap, wait: 200ms }\n  - { id: done, task: noop }\n")
+        .await;
+    let ids: Vec<String> = (0..300).map(|n| format!("due-{n}")).collect();
+    for id in &ids {
+        api.start("short", id, json!({})).await;
+    }
+    first.shutdown().await;
+    // Every timer is past due when the shards activate again: each fires
+    // as its shard comes up, none into a shard not yet routed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (second, api) = node(&dir).await;
+    eventually(20, "every instance to complete", || async {
+        let (_, page) = api.get("/v1/workflows?status=waiting&limit=5").await;
+        page["workflows"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    for id in ids.iter().step_by(37) {
+        assert_eq!(api.workflow(id).await["status"], "completed", "{id}");
+    }
+    second.shutdown().await;
+}

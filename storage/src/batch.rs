@@ -5,9 +5,9 @@
 
 use crate::codec;
 use crate::keys::{self, Table};
-use crate::records::{HumanTaskRecord, IncidentRecord, InstanceRecord, OutboxRecord, TimerRecord};
+use crate::records::{HumanTaskRecord, IncidentRecord, InstanceHead, OutboxRecord, TimerRecord};
 use serde::{Deserialize, Serialize};
-use troupe_engine::engine::{Event, InstanceStatus, Millis, TimerId};
+use troupe_engine::engine::{Event, Instance, InstanceStatus, Millis, StepRun, TimerId};
 
 /// One write.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,11 +39,11 @@ pub struct Indexed {
 }
 
 impl Indexed {
-    /// How `record` is indexed.
-    pub fn of(record: &InstanceRecord) -> Self {
+    /// How `head` is indexed.
+    pub fn of(head: &InstanceHead) -> Self {
         Self {
-            status: record.state.status,
-            updated_at: record.state.updated_at,
+            status: head.status,
+            updated_at: head.updated_at,
         }
     }
 }
@@ -106,23 +106,22 @@ impl ShardBatch {
         self.ops.push(BatchOp::Delete { table, key });
     }
 
-    /// Journals event `seq` of instance `id`.
-    pub fn append_event(&mut self, id: &str, seq: u64, event: &Event) {
-        self.put(Table::Journal, keys::journal(self.shard, id, seq), event);
+    /// Journals event `seq` of instance `id`; returns its encoded size.
+    pub fn append_event(&mut self, id: &str, seq: u64, event: &Event) -> usize {
+        self.put(Table::Journal, keys::journal(self.shard, id, seq), event)
     }
 
-    /// Writes an instance's snapshot and keeps its index entries in step;
+    /// Writes an instance's head and keeps its index entries in step;
     /// `previous` is how it was indexed before (`None` for a new instance).
-    /// Returns the snapshot's encoded size.
-    pub fn put_instance(&mut self, record: &InstanceRecord, previous: Option<Indexed>) -> usize {
-        let (shard, state) = (self.shard, &record.state);
-        let id = state.id.as_str();
-        let size = self.put(Table::Instances, keys::instance(shard, id), record);
-        let now = Indexed::of(record);
+    pub fn put_head(&mut self, head: &InstanceHead, previous: Option<Indexed>) {
+        let shard = self.shard;
+        let id = head.id.as_str();
+        self.put(Table::Instances, keys::instance(shard, id), head);
+        let now = Indexed::of(head);
         if previous.is_none() {
             self.put(
                 Table::ByDefinition,
-                keys::by_definition(shard, &state.definition, id),
+                keys::by_definition(shard, &head.definition, id),
                 &(),
             );
         }
@@ -142,7 +141,18 @@ impl ShardBatch {
                 &(),
             );
         }
-        size
+    }
+
+    /// Writes an instance's whole state (its head must say how many events
+    /// it includes). Returns its encoded size.
+    pub fn put_snapshot(&mut self, state: &Instance) -> usize {
+        let key = keys::instance(self.shard, &state.id);
+        self.put(Table::Snapshots, key, state)
+    }
+
+    /// Keeps a step run that left an instance's state, for its step list.
+    pub fn archive_run(&mut self, id: &str, path: &str, run: &StepRun) {
+        self.put(Table::Steps, keys::step(self.shard, id, path), run);
     }
 
     /// Stores an armed timer.

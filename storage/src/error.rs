@@ -14,6 +14,14 @@ pub enum Error {
         /// Decoding error.
         source: crate::codec::Error,
     },
+    /// A record another one names is not there.
+    #[error("missing in {cf}: {what}")]
+    Missing {
+        /// Column family.
+        cf: &'static str,
+        /// What was looked for.
+        what: &'static str,
+    },
     /// The data dir was created with another shard count.
     #[error("data dir has {found} shards, config says {configured}; the shard count cannot change")]
     Shards {
@@ -59,7 +67,8 @@ impl Error {
             ),
             Error::Closed => true,
             Error::Commit(_) => true,
-            Error::Corrupt { .. } | Error::Shards { .. } | Error::Format { .. } => false,
+            Error::Corrupt { .. } | Error::Missing { .. } | Error::Shards { .. } => false,
+            Error::Format { .. } => false,
             Error::Import(_) => false,
         }
     }

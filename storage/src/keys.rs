@@ -13,8 +13,12 @@ use troupe_engine::engine::{InstanceStatus, TimerId, TimerKind};
 /// A shard-scoped table (one column family each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Table {
-    /// `shard | id` → instance snapshot.
+    /// `shard | id` → instance head (rewritten on every transition).
     Instances,
+    /// `shard | id` → instance state as of `head.snapshot_events` events.
+    Snapshots,
+    /// `shard | id 0x00 | path` → a step run archived out of the state.
+    Steps,
     /// `shard | id 0x00 | seq u64` → event.
     Journal,
     /// `shard | id 0x00 | kind u8 | attempt u32 | path` → timer record.
@@ -39,8 +43,10 @@ pub enum Table {
 
 impl Table {
     /// Every shard-scoped table.
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 13] = [
         Table::Instances,
+        Table::Snapshots,
+        Table::Steps,
         Table::Journal,
         Table::Timers,
         Table::Outbox,
@@ -57,6 +63,8 @@ impl Table {
     pub fn cf(self) -> &'static str {
         match self {
             Table::Instances => "instances",
+            Table::Snapshots => "snapshots",
+            Table::Steps => "steps",
             Table::Journal => "journal",
             Table::Timers => "timers",
             Table::Outbox => "outbox",
@@ -118,6 +126,13 @@ pub fn instance(shard: u32, id: &str) -> Vec<u8> {
 pub fn instance_prefix(shard: u32, id: &str) -> Vec<u8> {
     let mut key = with_shard(shard, id.len() + 1);
     push_str0(&mut key, id);
+    key
+}
+
+/// Key of an archived step run.
+pub fn step(shard: u32, id: &str, path: &str) -> Vec<u8> {
+    let mut key = instance_prefix(shard, id);
+    key.extend_from_slice(path.as_bytes());
     key
 }
 
@@ -278,6 +293,7 @@ mod tests {
         };
         assert_eq!(timer(2, "i", &t), b"\0\0\0\x02i\0\x08\0\0\0\x07x/1");
         assert_eq!(outbox(0, "i", "p"), b"\0\0\0\0i\0p");
+        assert_eq!(step(0, "i", "e/1/p"), b"\0\0\0\0i\0e/1/p");
         assert_eq!(
             subscription(5, "paid", Some("o-1"), "i"),
             b"\0\0\0\x05paid\0o-1\0i"

@@ -1,10 +1,10 @@
 //! Listing instances through the secondary indexes, so that a page reads
 //! about what it returns: one iterator per shard over the index that fits
-//! the query, merged in order, snapshots read only for the entries taken.
+//! the query, merged in order, heads read only for the entries taken.
 
 use crate::error::Result;
 use crate::keys::{self, Table};
-use crate::records::InstanceRecord;
+use crate::records::InstanceHead;
 use crate::store::Store;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -39,7 +39,7 @@ pub struct ListQuery {
 #[derive(Debug, Clone)]
 pub struct Page {
     /// The instances.
-    pub items: Vec<InstanceRecord>,
+    pub items: Vec<InstanceHead>,
     /// Cursor of the next page, when there may be one.
     pub next: Option<String>,
 }
@@ -75,7 +75,7 @@ impl Store {
         let limit = query.limit.max(1);
         // The index that fits: it yields candidates in the wanted order and
         // already applies one filter; the other filters are checked on the
-        // snapshot.
+        // head.
         let (table, prefix_of): (Table, Box<dyn Fn(u32) -> Vec<u8>>) =
             match (query.order, query.status, &query.definition) {
                 (ListOrder::NewestFirst, _, _) => (Table::ByUpdated, Box::new(keys::shard_start)),
@@ -128,18 +128,17 @@ impl Store {
                 heap.push(Reverse(next));
             }
             iter.status()?;
-            let Some(record) = self.instance(top.shard, &top.id)? else {
+            let Some(head) = self.instance_head(top.shard, &top.id)? else {
                 continue;
             };
-            let state = &record.state;
-            let wanted = query.status.is_none_or(|s| s == state.status)
+            let wanted = query.status.is_none_or(|s| s == head.status)
                 && query
                     .definition
                     .as_ref()
-                    .is_none_or(|d| *d == state.definition);
+                    .is_none_or(|d| *d == head.definition);
             last = Some(top);
             if wanted {
-                items.push(record);
+                items.push(head);
                 if items.len() == limit {
                     break;
                 }

@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use troupe_engine::engine::{ErrorInfo, Instance, Millis, TaskDispatch, TimerId};
+use troupe_engine::engine::{
+    ErrorInfo, Event, Instance, InstanceStatus, Millis, TaskDispatch, TimerId,
+};
 
 /// A deployed definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,13 +28,74 @@ pub struct ParentLink {
     pub path: String,
 }
 
-/// The stored form of an instance.
+/// An instance in memory: its engine state and where it reports back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     /// Engine state after the last journaled event.
     pub state: Instance,
     /// Parent, for child workflows.
     pub parent: Option<ParentLink>,
+}
+
+/// What is stored of an instance on every transition: a few fixed fields,
+/// whatever the instance's size. Its whole state is stored only from time
+/// to time (a snapshot); the journal after it brings it up to date.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceHead {
+    /// Instance id.
+    pub id: String,
+    /// Definition name.
+    pub definition: String,
+    /// Definition version.
+    pub version: u32,
+    /// Current status.
+    pub status: InstanceStatus,
+    /// Start time.
+    pub created_at: Millis,
+    /// Time of the last event.
+    pub updated_at: Millis,
+    /// Events journaled so far.
+    pub events: u64,
+    /// Events the stored snapshot includes (0: no snapshot yet, the state
+    /// is the replay of the whole journal).
+    pub snapshot_events: u64,
+    /// Parent, for child workflows.
+    pub parent: Option<ParentLink>,
+}
+
+impl InstanceHead {
+    /// The head of `record` after its last event, with a snapshot of
+    /// `snapshot_events` events stored.
+    pub fn of(record: &InstanceRecord, snapshot_events: u64) -> Self {
+        let state = &record.state;
+        Self {
+            id: state.id.clone(),
+            definition: state.definition.clone(),
+            version: state.version,
+            status: state.status,
+            created_at: state.created_at,
+            updated_at: state.updated_at,
+            events: state.events_applied,
+            snapshot_events,
+            parent: record.parent.clone(),
+        }
+    }
+}
+
+/// An instance as read from storage, before the journal tail is replayed
+/// (which needs its definition, so the caller does it).
+#[derive(Debug, Clone)]
+pub struct StoredInstance {
+    /// Its head.
+    pub head: InstanceHead,
+    /// Its latest snapshot, if one was taken.
+    pub snapshot: Option<Instance>,
+    /// Encoded size of that snapshot, bytes.
+    pub snapshot_bytes: usize,
+    /// The events after the snapshot, oldest first.
+    pub tail: Vec<Event>,
+    /// Encoded size of those events, bytes.
+    pub tail_bytes: usize,
 }
 
 /// An armed timer.

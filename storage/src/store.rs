@@ -5,16 +5,18 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys::{self, Table};
 use crate::records::{
-    DefinitionRecord, HumanTaskRecord, IncidentRecord, InstanceRecord, OutboxRecord, TimerRecord,
+    DefinitionRecord, HumanTaskRecord, IncidentRecord, InstanceHead, OutboxRecord, StoredInstance,
+    TimerRecord,
 };
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use troupe_engine::engine::{Event, InstanceStatus};
+use troupe_engine::engine::{Event, InstanceStatus, StepRun};
 
 /// The storage format this build reads and writes (`meta/format`).
-/// Format 1 (keys not scoped by shard) had no `format` key.
-pub const FORMAT: u32 = 2;
+/// Format 1 (keys not scoped by shard) had no `format` key; format 2
+/// rewrote the whole instance on every transition.
+pub const FORMAT: u32 = 3;
 
 /// How to open the store.
 #[derive(Debug, Clone, Copy)]
@@ -41,11 +43,21 @@ impl Store {
     /// another format is refused before anything in it changes.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Self> {
         if let Ok(existing) = DB::list_cf(&Options::default(), dir) {
-            let format1 = existing.iter().any(|cf| cf == "instances")
-                && !existing.iter().any(|cf| cf == Table::ByStatus.cf());
-            if format1 {
+            // Older formats are told apart by their column families, before
+            // opening creates the missing ones.
+            let has = |table: Table| existing.iter().any(|cf| cf == table.cf());
+            let found = match (
+                has(Table::Instances),
+                has(Table::ByStatus),
+                has(Table::Snapshots),
+            ) {
+                (true, false, _) => Some(1),
+                (true, true, false) => Some(2),
+                _ => None,
+            };
+            if let Some(found) = found {
                 return Err(Error::Format {
-                    found: 1,
+                    found,
                     expected: FORMAT,
                 });
             }
@@ -242,23 +254,87 @@ impl Store {
 
     // --- one instance ---
 
-    /// An instance.
-    pub fn instance(&self, shard: u32, id: &str) -> Result<Option<InstanceRecord>> {
+    /// An instance's head.
+    pub fn instance_head(&self, shard: u32, id: &str) -> Result<Option<InstanceHead>> {
         self.get(Table::Instances.cf(), &keys::instance(shard, id))
     }
 
-    /// An instance and the size of its stored snapshot, bytes.
-    pub fn instance_sized(&self, shard: u32, id: &str) -> Result<Option<(InstanceRecord, usize)>> {
-        let cf = Table::Instances.cf();
-        match self
-            .db
-            .get_pinned_cf(self.cf(cf), keys::instance(shard, id))?
-        {
-            Some(bytes) => codec::decode(&bytes)
-                .map(|record| Some((record, bytes.len())))
-                .map_err(|source| Error::Corrupt { cf, source }),
-            None => Ok(None),
+    /// An instance as stored: head, latest snapshot and the journal after
+    /// it, read from one RocksDB snapshot so that they agree even while the
+    /// instance moves on.
+    pub fn load_instance(&self, shard: u32, id: &str) -> Result<Option<StoredInstance>> {
+        // Most loads are of instances about to be created: answer those
+        // without pinning a snapshot.
+        if self.instance_head(shard, id)?.is_none() {
+            return Ok(None);
         }
+        let view = self.db.snapshot();
+        fn decode<T: serde::de::DeserializeOwned>(cf: &'static str, bytes: &[u8]) -> Result<T> {
+            codec::decode(bytes).map_err(|source| Error::Corrupt { cf, source })
+        }
+        let cf = Table::Instances.cf();
+        let Some(bytes) = view.get_pinned_cf(self.cf(cf), keys::instance(shard, id))? else {
+            return Ok(None);
+        };
+        let head: InstanceHead = decode(cf, &bytes)?;
+        let (mut snapshot, mut snapshot_bytes) = (None, 0);
+        if head.snapshot_events > 0 {
+            let cf = Table::Snapshots.cf();
+            let bytes = view
+                .get_pinned_cf(self.cf(cf), keys::instance(shard, id))?
+                .ok_or(Error::Missing {
+                    cf,
+                    what: "the snapshot an instance head names",
+                })?;
+            snapshot_bytes = bytes.len();
+            snapshot = Some(decode(cf, &bytes)?);
+        }
+        let mut tail = Vec::new();
+        let mut tail_bytes = 0;
+        if head.events > head.snapshot_events {
+            let cf = Table::Journal.cf();
+            let prefix = keys::instance_prefix(shard, id);
+            let from = keys::journal(shard, id, head.snapshot_events + 1);
+            for item in view.iterator_cf(self.cf(cf), IteratorMode::From(&from, Direction::Forward))
+            {
+                let (key, value) = item?;
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                tail_bytes += value.len();
+                tail.push(decode(cf, &value)?);
+            }
+        }
+        Ok(Some(StoredInstance {
+            head,
+            snapshot,
+            snapshot_bytes,
+            tail,
+            tail_bytes,
+        }))
+    }
+
+    /// Up to `limit` archived step runs of an instance, by path, after
+    /// `after` when given.
+    pub fn archived_steps(
+        &self,
+        shard: u32,
+        id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, StepRun)>> {
+        let prefix = keys::instance_prefix(shard, id);
+        let after = after.map(|path| keys::step(shard, id, path));
+        Ok(self
+            .scan(Table::Steps.cf(), &prefix, after.as_deref(), limit)?
+            .into_iter()
+            .map(|(key, run)| {
+                (
+                    String::from_utf8_lossy(&key[prefix.len()..]).into_owned(),
+                    run,
+                )
+            })
+            .collect())
     }
 
     /// Up to `limit` journaled events of an instance with sequence numbers

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use troupe_engine::definition;
 use troupe_engine::engine::{Event, EventKind, Instance, InstanceStatus, TimerId, TimerKind};
 use troupe_storage::{
-    Committer, Error, HumanTaskRecord, Indexed, InstanceRecord, ListOrder, ListQuery, ShardBatch,
-    Store, StoreOptions, TimerRecord, human_task_id,
+    Committer, Error, HumanTaskRecord, Indexed, InstanceHead, InstanceRecord, ListOrder, ListQuery,
+    ShardBatch, Store, StoreOptions, TimerRecord, human_task_id,
 };
 
 struct Dir(PathBuf);
@@ -61,7 +61,7 @@ async fn put(
     previous: Option<Indexed>,
 ) {
     let mut batch = ShardBatch::new(shard);
-    batch.put_instance(record, previous);
+    batch.put_head(&InstanceHead::of(record, 0), previous);
     batch.count_status(record.state.status, 1);
     if let Some(p) = previous {
         batch.count_status(p.status, -1);
@@ -101,7 +101,7 @@ async fn listing_reads_through_the_indexes_in_order_and_by_page() {
     put(&committer, shard, &moved, Some(previous)).await;
 
     let ids = |page: &troupe_storage::Page| -> Vec<String> {
-        page.items.iter().map(|r| r.state.id.clone()).collect()
+        page.items.iter().map(|r| r.id.clone()).collect()
     };
     let failed = store
         .list(&ListQuery {
@@ -156,7 +156,7 @@ async fn listing_reads_through_the_indexes_in_order_and_by_page() {
         })
         .unwrap();
     assert_eq!(all.items.len(), 40);
-    assert!(all.items.windows(2).all(|w| w[0].state.id < w[1].state.id));
+    assert!(all.items.windows(2).all(|w| w[0].id < w[1].id));
     let counted: i64 = (0..4)
         .flat_map(|s| store.status_counts(s).unwrap())
         .filter(|(s, _)| *s == InstanceStatus::Failed)
@@ -179,7 +179,9 @@ async fn a_shard_moves_whole_between_stores_and_leaves_nothing_behind() {
         .find(|id| troupe_protocol::shard_of(id, 2) == 0)
         .unwrap();
     let mut batch = ShardBatch::new(1);
-    batch.put_instance(&instance(&id, "d", InstanceStatus::Waiting, 7), None);
+    let record = instance(&id, "d", InstanceStatus::Waiting, 7);
+    batch.put_head(&InstanceHead::of(&record, 1), None);
+    batch.put_snapshot(&record.state);
     batch.append_event(
         &id,
         1,
@@ -227,7 +229,7 @@ async fn a_shard_moves_whole_between_stores_and_leaves_nothing_behind() {
     .unwrap();
     assert!(chunks > 1, "small chunks");
     assert_eq!(to.shard_digest(1).unwrap(), digest, "the copy is exact");
-    assert_eq!(to.instance(1, &id).unwrap().unwrap().state.id, id);
+    assert_eq!(to.instance_head(1, &id).unwrap().unwrap().id, id);
     assert_eq!(to.timers(1).unwrap()[0].timer, timer);
     assert_eq!(to.history(1, &id, None, 10).unwrap().len(), 1);
     let task_id = human_task_id(1, &id, "ask");
@@ -238,7 +240,7 @@ async fn a_shard_moves_whole_between_stores_and_leaves_nothing_behind() {
     );
     assert_eq!(to.status_counts(1).unwrap(), [(InstanceStatus::Waiting, 1)]);
     assert!(
-        to.instance(0, &other).unwrap().is_none(),
+        to.instance_head(0, &other).unwrap().is_none(),
         "only shard 1 moved"
     );
 
@@ -252,11 +254,11 @@ async fn a_shard_moves_whole_between_stores_and_leaves_nothing_behind() {
     assert!(matches!(to.import_shard(1, stray), Err(Error::Import(_))));
 
     from.delete_shard(1).unwrap();
-    assert!(from.instance(1, &id).unwrap().is_none());
+    assert!(from.instance_head(1, &id).unwrap().is_none());
     assert!(from.timers(1).unwrap().is_empty());
     assert!(from.human_task(&task_id).unwrap().is_none());
     assert!(
-        from.instance(0, &other).unwrap().is_some(),
+        from.instance_head(0, &other).unwrap().is_some(),
         "shard 0 untouched"
     );
 }
@@ -279,7 +281,7 @@ fn a_data_dir_of_the_old_format_is_refused_untouched() {
             err,
             Error::Format {
                 found: 1,
-                expected: 2
+                expected: troupe_storage::FORMAT
             }
         ),
         "{err}"
@@ -289,6 +291,22 @@ fn a_data_dir_of_the_old_format_is_refused_untouched() {
     assert!(
         !cfs.iter().any(|cf| cf == "by_status"),
         "nothing was created: {cfs:?}"
+    );
+    // Format 2: shard-scoped, but whole-instance snapshots on every write.
+    let two = Dir::new("format-2");
+    {
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let cfs = ["instances", "journal", "by_status", "meta"];
+        drop(rocksdb::DB::open_cf(&options, &two.0, cfs).unwrap());
+    }
+    let err = open(&two.0, 4).err().expect("refused");
+    assert!(matches!(err, Error::Format { found: 2, .. }), "{err}");
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &two.0).unwrap();
+    assert!(
+        !cfs.iter().any(|cf| cf == "snapshots"),
+        "untouched: {cfs:?}"
     );
     // A store of this format reopens, and keeps its shard count.
     let fresh = Dir::new("format-fresh");
@@ -301,4 +319,70 @@ fn a_data_dir_of_the_old_format_is_refused_untouched() {
             configured: 8
         })
     ));
+}
+
+#[tokio::test]
+async fn an_instance_loads_as_its_snapshot_plus_the_journal_after_it() {
+    let dir = Dir::new("tail");
+    let store = open(&dir.0, 2).unwrap();
+    let committer = Committer::start(store.clone(), false, 64);
+    let mut record = instance("t-1", "d", InstanceStatus::Running, 1);
+    let event = |n: u64| Event {
+        at: n,
+        kind: EventKind::CancelRequested {
+            reason: format!("r{n}"),
+        },
+    };
+    // Events 1-3 with a snapshot at 2, then event 3 alone.
+    let mut batch = ShardBatch::new(1);
+    for n in 1..=2 {
+        batch.append_event("t-1", n, &event(n));
+    }
+    record.state.events_applied = 2;
+    batch.put_snapshot(&record.state);
+    batch.put_head(&InstanceHead::of(&record, 2), None);
+    committer.append(batch).await.unwrap();
+    let mut batch = ShardBatch::new(1);
+    let tail_bytes = batch.append_event("t-1", 3, &event(3));
+    record.state.events_applied = 3;
+    batch.put_head(&InstanceHead::of(&record, 2), None);
+    let run = troupe_engine::engine::StepRun {
+        step_id: "a".into(),
+        status: troupe_engine::engine::StepStatus::Completed,
+        started_at: 1,
+        ended_at: Some(2),
+        result: Some(json!(7)),
+        error: None,
+        scopes: vec![],
+        write_scope: None,
+        order: 0,
+        task: None,
+        compensation: None,
+        fallback: None,
+        detail: troupe_engine::engine::RunDetail::None,
+    };
+    batch.archive_run("t-1", "each/0/a", &run);
+    batch.archive_run("t-1", "each/1/a", &run);
+    committer.append(batch).await.unwrap();
+
+    let stored = store.load_instance(1, "t-1").unwrap().unwrap();
+    assert_eq!(stored.head.events, 3);
+    assert_eq!(stored.snapshot.unwrap().events_applied, 2);
+    assert_eq!(
+        stored.tail,
+        vec![event(3)],
+        "only the events after the snapshot"
+    );
+    assert_eq!(stored.tail_bytes, tail_bytes);
+    assert!(store.load_instance(0, "t-1").unwrap().is_none());
+    let steps = store.archived_steps(1, "t-1", None, 10).unwrap();
+    assert_eq!(
+        steps.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        ["each/0/a", "each/1/a"]
+    );
+    let after = store
+        .archived_steps(1, "t-1", Some("each/0/a"), 10)
+        .unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].1, run);
 }

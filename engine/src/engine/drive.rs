@@ -3,7 +3,7 @@
 
 use super::codes::EXPRESSION_ERROR;
 use super::effect::{Effect, TimerId, TimerKind};
-use super::machine::{Frame, Machine, join};
+use super::machine::{Frame, Machine, Touched, join};
 use super::scope::Bindings;
 use super::state::*;
 use crate::definition::{ChildStep, Step, StepKind, TimeoutAction, WaitStep};
@@ -58,8 +58,20 @@ impl<'a> Machine<'a> {
     /// Runs a sequence: each step in turn until one is not done.
     pub(super) fn run_list(&mut self, steps: &'a [Step], prefix: &str, frame: &Frame) -> Flow {
         let mut last = Json::Null;
-        for step in steps {
-            match self.run_step(step, &join(prefix, &step.id), frame) {
+        for (n, step) in steps.iter().enumerate() {
+            let path = join(prefix, &step.id);
+            // A settled step before the last: nothing to do, and its result
+            // (maybe large) is not the list's.
+            if n + 1 < steps.len()
+                && self
+                    .inst
+                    .steps
+                    .get(&path)
+                    .is_some_and(|r| r.status.is_settled())
+            {
+                continue;
+            }
+            match self.run_step(step, &path, frame) {
                 Flow::Done(result) => last = result,
                 other => return other,
             }
@@ -177,50 +189,148 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// A foreach advances only the iterations the event touched, then
+    /// starts new ones while there is room; an iteration that finishes is
+    /// folded out of the state. Its cost per event does not grow with the
+    /// number of items.
     fn foreach(
         &mut self,
         each: &'a crate::definition::ForeachStep,
         path: &str,
         frame: &Frame,
     ) -> Flow {
-        let RunDetail::Foreach { items, started } = &self.inst.steps[path].detail else {
+        let touched: Vec<usize> = match (&self.touched, self.foreach_detail(path)) {
+            (Touched::All, (_, _, active)) => active.iter().copied().collect(),
+            (Touched::Path(p), (_, _, active)) => iteration_under(p, path)
+                .filter(|i| active.contains(i))
+                .into_iter()
+                .collect(),
+            (Touched::Nothing, _) => Vec::new(),
+        };
+        for i in touched {
+            if let Some(flow) = self.walk_iteration(each, path, i, frame) {
+                return flow;
+            }
+        }
+        loop {
+            let (total, started, active) = self.foreach_detail(path);
+            if started == total || active.len() >= each.concurrency as usize {
+                break;
+            }
+            let RunDetail::Foreach {
+                items,
+                started,
+                active,
+                results,
+            } = &mut self.run_mut(path).expect("run").detail
+            else {
+                unreachable!("a running foreach has items")
+            };
+            let (i, item) = (*started, items[*started].clone());
+            *started += 1;
+            active.insert(i);
+            results.push(Json::Null);
+            self.inst
+                .scopes
+                .entry(join(path, i))
+                .or_default()
+                .insert(each.var.clone(), item);
+            if let Some(flow) = self.walk_iteration(each, path, i, frame) {
+                return flow;
+            }
+        }
+        let (total, started, active) = self.foreach_detail(path);
+        if started < total || !active.is_empty() {
+            return Flow::Pending;
+        }
+        let RunDetail::Foreach { results, .. } = &self.inst.steps[path].detail else {
             unreachable!("a running foreach has items")
         };
-        let (total, mut started) = (items.len(), *started);
-        let mut results = vec![Json::Null; total];
-        let mut active = 0;
-        let mut i = 0;
-        loop {
-            if i == started {
-                if active >= each.concurrency as usize || started == total {
-                    break;
-                }
-                let RunDetail::Foreach { items, started: s } =
-                    &mut self.run_mut(path).expect("run").detail
+        Flow::Done(Json::Array(results.clone()))
+    }
+
+    /// `(items, started, active iterations)` of the foreach at `path`.
+    fn foreach_detail(&self, path: &str) -> (usize, usize, &std::collections::BTreeSet<usize>) {
+        let RunDetail::Foreach {
+            items,
+            started,
+            active,
+            ..
+        } = &self.inst.steps[path].detail
+        else {
+            unreachable!("a running foreach has items")
+        };
+        (items.len(), *started, active)
+    }
+
+    /// Walks iteration `i`; a finished one is recorded and folded. Returns a
+    /// flow when the iteration failed (or otherwise ends the foreach).
+    fn walk_iteration(
+        &mut self,
+        each: &'a crate::definition::ForeachStep,
+        path: &str,
+        i: usize,
+        frame: &Frame,
+    ) -> Option<Flow> {
+        let key = join(path, i);
+        match self.run_list(&each.steps, &key, &frame.nested(key.clone(), true)) {
+            Flow::Done(result) => {
+                let RunDetail::Foreach {
+                    active, results, ..
+                } = &mut self.run_mut(path).expect("run").detail
                 else {
-                    unreachable!()
+                    unreachable!("a running foreach has items")
                 };
-                let item = items[started].clone();
-                *s += 1;
-                started += 1;
-                self.inst
-                    .scopes
-                    .entry(join(path, i))
-                    .or_default()
-                    .insert(each.var.clone(), item);
+                active.remove(&i);
+                results[i] = result;
+                self.fold(&key);
+                None
             }
-            let key = join(path, i);
-            match self.run_list(&each.steps, &key, &frame.nested(key.clone(), true)) {
-                Flow::Done(result) => results[i] = result,
-                Flow::Pending => active += 1,
-                other => return other,
-            }
-            i += 1;
+            Flow::Pending => None,
+            other => Some(other),
         }
-        if started == total && active == 0 {
-            Flow::Done(Json::Array(results))
-        } else {
-            Flow::Pending
+    }
+
+    /// Takes the runs of a finished iteration out of the state: compensable
+    /// completed runs move to `folded` (rollback still needs them, with the
+    /// iteration's scopes), the others are archived and counted.
+    fn fold(&mut self, key: &str) {
+        let prefix = format!("{key}/");
+        let paths: Vec<String> = self
+            .inst
+            .steps
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .map(|(p, _)| p.clone())
+            .collect();
+        let mut archived = Vec::new();
+        let mut keep_scopes = false;
+        for p in paths {
+            let run = self.inst.steps.remove(&p).expect("listed above");
+            let compensable = self.step(&run.step_id).compensate.is_some();
+            if run.status == StepStatus::Completed && compensable {
+                keep_scopes = true;
+                self.inst.folded.insert(p, run);
+            } else {
+                *self.inst.archived.entry(run.status).or_default() += 1;
+                archived.push((p, run));
+            }
+        }
+        if !keep_scopes {
+            self.inst.scopes.remove(key);
+            let nested: Vec<String> = self
+                .inst
+                .scopes
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in nested {
+                self.inst.scopes.remove(&k);
+            }
+        }
+        if !archived.is_empty() {
+            self.effects.push(Effect::ArchiveRuns { runs: archived });
         }
     }
 
@@ -300,7 +410,12 @@ impl<'a> Machine<'a> {
                     step,
                     frame,
                     StepStatus::Running,
-                    RunDetail::Foreach { items, started: 0 },
+                    RunDetail::Foreach {
+                        items,
+                        started: 0,
+                        active: Default::default(),
+                        results: Vec::new(),
+                    },
                 ),
                 Ok(other) => {
                     let msg = format!(
@@ -564,4 +679,16 @@ fn parse_instant(value: &Json) -> Result<Millis, String> {
             crate::expr::type_name(other)
         )),
     }
+}
+
+/// The iteration index of `touched` when it lies under the foreach at `path`
+/// (`{path}/{i}/...`).
+fn iteration_under(touched: &str, path: &str) -> Option<usize> {
+    let rest = if path.is_empty() {
+        touched
+    } else {
+        touched.strip_prefix(path)?.strip_prefix('/')?
+    };
+    let (index, _) = rest.split_once('/')?;
+    index.parse().ok()
 }

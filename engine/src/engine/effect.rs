@@ -1,7 +1,7 @@
 //! Outputs of the state machine: what the shell carries out once the event
 //! that produced them is durable.
 
-use super::state::{ErrorInfo, InstanceStatus, Millis};
+use super::state::{ErrorInfo, InstanceStatus, Millis, StepRun};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use std::fmt;
@@ -160,6 +160,12 @@ pub enum Effect {
     CloseIncident {
         /// Step whose compensation failed.
         path: String,
+    },
+    /// These runs of a finished `foreach` iteration left the state: keep
+    /// them where the step list can still show them.
+    ArchiveRuns {
+        /// The runs, by path.
+        runs: Vec<(String, StepRun)>,
     },
     /// The instance ended.
     Finished {

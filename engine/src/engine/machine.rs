@@ -23,6 +23,7 @@ pub fn apply(def: &Definition, inst: &mut Instance, event: &Event) -> Outcome {
         inst,
         now: event.at,
         effects: Vec::new(),
+        touched: Touched::of(&event.kind),
     };
     let ignored = m.handle(&event.kind).err();
     if ignored.is_none() {
@@ -35,6 +36,24 @@ pub fn apply(def: &Definition, inst: &mut Instance, event: &Event) -> Outcome {
         effects: m.effects,
         ignored,
     }
+}
+
+/// Walks the whole instance again as if every run had changed. On an
+/// instance `apply` left, this must change nothing and yield no effect: the
+/// walk is a fixpoint, which is what lets `apply` advance only the
+/// iterations an event touched. For tests.
+#[doc(hidden)]
+pub fn redrive_all(def: &Definition, inst: &mut Instance) -> Vec<Effect> {
+    let mut m = Machine {
+        def,
+        now: inst.updated_at,
+        inst,
+        effects: Vec::new(),
+        touched: Touched::All,
+    };
+    m.drive();
+    m.refresh_status();
+    m.effects
 }
 
 /// Rebuilds an instance from its events.
@@ -60,6 +79,9 @@ impl Instance {
             output: None,
             error: None,
             steps: BTreeMap::new(),
+            folded: BTreeMap::new(),
+            archived: BTreeMap::new(),
+            runs_created: 0,
             completions: Vec::new(),
             rollback: None,
             signals: Vec::new(),
@@ -80,6 +102,40 @@ pub(super) struct Machine<'a> {
     pub inst: &'a mut Instance,
     pub now: Millis,
     pub effects: Vec<Effect>,
+    /// The run the event changed (the walk advances only what holds it).
+    pub touched: Touched,
+}
+
+/// Which run an event changed. After an event only the containers holding
+/// that run can move: every other `foreach` iteration is where the last
+/// walk left it (the walk is a fixpoint; the property tests check it).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Touched {
+    /// Walk everything (a new instance, or a check of the fixpoint).
+    All,
+    /// The run at this step path, or a run under it.
+    Path(String),
+    /// No run (a buffered signal, a cancel).
+    Nothing,
+}
+
+impl Touched {
+    fn of(kind: &EventKind) -> Self {
+        match kind {
+            EventKind::Started { .. } => Touched::All,
+            EventKind::TaskStarted { path, .. }
+            | EventKind::TaskHeartbeat { path, .. }
+            | EventKind::TaskCompleted { path, .. }
+            | EventKind::TaskFailed { path, .. }
+            | EventKind::HumanCompleted { path, .. }
+            | EventKind::ChildEnded { path, .. }
+            | EventKind::IncidentRetried { path }
+            | EventKind::IncidentResolved { path } => Touched::Path(path.clone()),
+            EventKind::TimerFired { timer } => Touched::Path(timer.path.clone()),
+            // The signal handler names the run it completed, if any.
+            EventKind::Signal { .. } | EventKind::CancelRequested { .. } => Touched::Nothing,
+        }
+    }
 }
 
 impl<'a> Machine<'a> {
@@ -161,7 +217,8 @@ impl<'a> Machine<'a> {
         status: StepStatus,
         detail: RunDetail,
     ) {
-        let order = self.inst.steps.len() as u64;
+        let order = self.inst.runs_created;
+        self.inst.runs_created += 1;
         self.inst.steps.insert(
             path.to_owned(),
             StepRun {

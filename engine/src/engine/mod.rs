@@ -26,6 +26,6 @@ mod waits;
 pub use codes::*;
 pub use effect::{Effect, TaskDispatch, TimerId, TimerKind};
 pub use event::{Event, EventKind};
-pub use machine::{Outcome, apply, replay};
+pub use machine::{Outcome, apply, redrive_all, replay};
 pub use retry::backoff_delay;
 pub use state::*;

@@ -134,6 +134,10 @@ impl Machine<'_> {
     }
 
     fn start_compensation(&mut self, path: &str) {
+        // A run of a finished iteration comes back to compensate.
+        if let Some(run) = self.inst.folded.remove(path) {
+            self.inst.steps.insert(path.to_owned(), run);
+        }
         self.inst.rollback.as_mut().expect("rolling back").current = Some(path.to_owned());
         let run = self.run_mut(path).expect("run");
         run.status = StepStatus::Compensating;

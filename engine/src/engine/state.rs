@@ -57,7 +57,7 @@ impl InstanceStatus {
 }
 
 /// Lifecycle of one step run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     /// Not reached yet (only in views).
@@ -81,6 +81,14 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
+    /// Whether the run is done with in forward progress: its flow is a result.
+    pub fn is_settled(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Compensating | Self::Compensated | Self::Skipped
+        )
+    }
+
     /// Stable lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -221,12 +229,18 @@ pub enum RunDetail {
         /// Index of the branch (otherwise is `branches.len()`), `None` when skipped.
         branch: Option<usize>,
     },
-    /// A foreach: the items and how many iterations have started.
+    /// A foreach: the items, which iterations run, and the results of
+    /// those that finished (their runs are folded away, see
+    /// [`Instance::folded`]).
     Foreach {
         /// The evaluated list.
         items: Vec<Json>,
         /// Iterations started so far.
         started: usize,
+        /// Iterations started and not finished.
+        active: BTreeSet<usize>,
+        /// Result of each started iteration (`null` until it finishes).
+        results: Vec<Json>,
     },
     /// A human task: whether it was escalated, and what the person is shown
     /// (kept so that an escalation can rewrite the whole task record).
@@ -304,8 +318,18 @@ pub struct Instance {
     pub output: Option<Json>,
     /// Why it failed, was compensated or cancelled.
     pub error: Option<ErrorInfo>,
-    /// Every step run, by path.
+    /// Step runs by path: every run, except those of finished `foreach`
+    /// iterations, which are folded away (see `folded`).
     pub steps: BTreeMap<String, StepRun>,
+    /// Compensable completed runs of finished iterations, kept for rollback
+    /// (which moves each back into `steps` when it compensates it). The
+    /// other runs of a finished iteration leave the state: the shell
+    /// archives them (`Effect::ArchiveRuns`) and only their count stays.
+    pub folded: BTreeMap<String, StepRun>,
+    /// Runs archived out of the state, by status.
+    pub archived: BTreeMap<StepStatus, u64>,
+    /// Runs created so far (the next run's `order`).
+    pub runs_created: u64,
     /// Completed steps that declare a compensation, in order of completion;
     /// rollback pops from the end.
     pub completions: Vec<String>,

@@ -131,6 +131,7 @@ impl<'a> Machine<'a> {
                 };
                 self.effects.push(Effect::CancelTimer { timer });
                 self.complete_run(&path, payload.clone());
+                self.touched = super::machine::Touched::Path(path);
             }
             _ if self.inst.signals.len() >= MAX_BUFFERED_SIGNALS => {
                 return Err(format!(

@@ -127,6 +127,15 @@ impl Sim {
                 replayed, self.inst,
                 "replaying the journal must rebuild the same state"
             );
+            // The walk is a fixpoint: walking everything again changes
+            // nothing (what lets `apply` walk only what an event touched).
+            let mut again = self.inst.clone();
+            let effects = redrive_all(&self.def, &mut again);
+            assert!(
+                effects.is_empty(),
+                "a full walk found more to do: {effects:?}"
+            );
+            assert_eq!(again, self.inst, "a full walk changed the state");
         }
         let noops: Vec<TaskDispatch> = outcome
             .effects
@@ -154,6 +163,7 @@ impl Sim {
         self.inst
             .steps
             .iter()
+            .chain(&self.inst.folded)
             .filter(|(_, r)| {
                 matches!(
                     r.status,
@@ -221,7 +231,7 @@ impl Sim {
                     self.subscriptions.remove(i);
                 }
             }
-            Effect::CancelChild { .. } => {}
+            Effect::CancelChild { .. } | Effect::ArchiveRuns { .. } => {}
         }
     }
 
@@ -350,7 +360,7 @@ pub fn show(effects: &[Effect], now: Millis) -> Vec<String> {
                         at - now
                     )
                 }
-                Effect::CancelTimer { .. } => return None,
+                Effect::CancelTimer { .. } | Effect::ArchiveRuns { .. } => return None,
                 Effect::OpenHumanTask { path, assignee, .. } => {
                     format!("human {path} -> {assignee}")
                 }
