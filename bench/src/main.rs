@@ -5,6 +5,7 @@
 //! runs the standard set and writes `docs/benchmarks.md`; `troupe-bench
 //! soak` runs `noop` for ten minutes and adds its timeline there.
 
+mod big;
 mod load;
 mod report;
 mod scenario;
@@ -97,6 +98,29 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// One workflow whose `foreach` runs many `noop` items: items/s, and
+    /// the rate over the last tenth against the first.
+    Bigmap {
+        /// Items.
+        #[arg(long, default_value_t = 100_000)]
+        items: u64,
+        /// Items in flight.
+        #[arg(long, default_value_t = 1000)]
+        concurrency: u32,
+        /// Shards of the node this harness starts.
+        #[arg(long, default_value_t = 16)]
+        shards: u32,
+    },
+    /// One workflow that loops over a 1-ms durable timer many times: the
+    /// iteration rate at the end against the start.
+    Longlived {
+        /// Iterations.
+        #[arg(long, default_value_t = 100_000)]
+        iterations: u64,
+        /// Shards of the node this harness starts.
+        #[arg(long, default_value_t = 16)]
+        shards: u32,
+    },
     /// A long closed-loop noop run; writes throughput and memory per window
     /// to docs/benchmarks.md.
     Soak {
@@ -165,6 +189,18 @@ async fn main() -> anyhow::Result<()> {
             json,
             quick,
         } => report::suite(&markdown, &json, quick).await?,
+        Cmd::Bigmap {
+            items,
+            concurrency,
+            shards,
+        } => {
+            let result = big::bigmap(items, concurrency, shards).await?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+        }
+        Cmd::Longlived { iterations, shards } => {
+            let result = big::longlived(iterations, shards).await?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+        }
         Cmd::Soak {
             duration,
             concurrency,

@@ -247,11 +247,19 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
     timers.kill_restart = true;
     let timers = run(&timers).await?;
     results.push(timers.clone());
+    let (items, iterations) = if quick {
+        (4_000, 500)
+    } else {
+        (100_000, 100_000)
+    };
+    let bigmap = crate::big::bigmap(items, 1000, 16).await?;
+    let longlived = crate::big::longlived(iterations, 16).await?;
 
     if let Some(dir) = json_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(json_path, serde_json::to_string_pretty(&results)?)?;
+    let all = serde_json::json!({ "runs": results, "big": [bigmap.clone(), longlived.clone()] });
+    std::fs::write(json_path, serde_json::to_string_pretty(&all)?)?;
     let table: Vec<String> = results.iter().map(markdown_row).collect();
     let per_waiting = timers["memory_per_waiting_instance_bytes"]
         .as_u64()
@@ -331,6 +339,30 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
             check(per_waiting < 1024)
         ),
         format!(
+            "| bigmap: one `foreach` over {} `noop` items (concurrency 1000): ≥ 20,000 items/s, last tenth within 20% of the first | {} items/s; first tenth {}/s, last tenth {}/s | {} |",
+            bigmap["total"],
+            bigmap["per_s"],
+            bigmap["first_tenth_per_s"],
+            bigmap["last_tenth_per_s"],
+            check(
+                bigmap["per_s"].as_f64() >= Some(20_000.0)
+                    && bigmap["last_over_first"].as_f64() >= Some(0.8)
+            )
+        ),
+        format!(
+            "| longlived: one `loop` over a 1-ms timer, {} iterations: last tenth within 20% of the first; reading it old costs what it cost young | first tenth {}/s, last tenth {}/s; read at a tenth {} ms, at the end {} ms | {} |",
+            longlived["total"],
+            longlived["first_tenth_per_s"],
+            longlived["last_tenth_per_s"],
+            longlived["read_young_ms"],
+            longlived["read_old_ms"],
+            check(
+                longlived["last_over_first"].as_f64() >= Some(0.8)
+                    && longlived["read_old_ms"].as_f64()
+                        <= longlived["read_young_ms"].as_f64().map(|y| 1.5 * y + 1.0)
+            )
+        ),
+        format!(
             "| exactly once in every run | {} of {} runs | {} |",
             results
                 .iter()
@@ -350,6 +382,7 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
          - Runs: the headline runs (noop and workers at c=256, open loop at 80% of peak) measure {long} s after a {long_warm}-s warm-up, the others {dur} s after {warm} s; rates are also given per 10-s window. Latency is start-to-complete as the client sees it (start, then await the result), in open-loop runs counted from each scheduled send time.\n\n\
          ### Targets\n\n| target | measured | |\n|---|---|---|\n{targets}\n\n\
          ### All runs\n\n{header}\n{table}\n\n\
+         ### Big instances\n\n{big}\n\n\
          Raw results: `bench/results/latest.json`.",
         date = today(),
         secs = started.elapsed().as_secs_f64(),
@@ -361,10 +394,37 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
         targets = targets.join("\n"),
         header = markdown_row_header(),
         table = table.join("\n"),
+        big = big_table(&[&bigmap, &longlived]),
     );
     write_section(markdown, "results", &generated)?;
     eprintln!("wrote {} and {}", markdown.display(), json_path.display());
     Ok(())
+}
+
+/// The big-instance runs as a markdown table.
+fn big_table(runs: &[&Value]) -> String {
+    let mut out = String::from(
+        "| scenario | size | s | per s | first tenth /s | last tenth /s | last / first | journal MB | snapshots MB | read at a tenth ms | read at the end ms | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|",
+    );
+    for r in runs {
+        out.push_str(&format!(
+            "\n| {} | {} {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r["scenario"].as_str().unwrap_or("?"),
+            r["total"],
+            r["unit"].as_str().unwrap_or(""),
+            r["seconds"],
+            r["per_s"],
+            r["first_tenth_per_s"],
+            r["last_tenth_per_s"],
+            r["last_over_first"],
+            r["journal_mb"],
+            r["snapshot_mb"],
+            r["read_young_ms"],
+            r["read_old_ms"],
+            r["node_peak_rss_mb"],
+        ));
+    }
+    out
 }
 
 /// A long closed-loop `noop` run (the soak): throughput and the node's

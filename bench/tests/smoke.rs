@@ -80,3 +80,37 @@ fn open_loop_and_waiting_instances_report_memory() {
         "{t:#}"
     );
 }
+
+/// Runs a `troupe-bench` subcommand that prints one JSON object.
+fn json_of(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_troupe-bench"))
+        .args(args)
+        .output()
+        .expect("run troupe-bench");
+    assert!(
+        out.status.success(),
+        "troupe-bench {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn big_instance_scenarios_run_to_their_end() {
+    let map = json_of(&[
+        "bigmap",
+        "--items",
+        "2000",
+        "--concurrency",
+        "100",
+        "--shards",
+        "4",
+    ]);
+    assert_eq!(map["total"], 2000.0, "{map:#}");
+    assert!(map["per_s"].as_f64().unwrap() > 0.0, "{map:#}");
+    assert!(map["journal_mb"].as_f64().unwrap() > 0.0, "{map:#}");
+    let long = json_of(&["longlived", "--iterations", "200", "--shards", "4"]);
+    assert_eq!(long["total"], 200.0, "{long:#}");
+    assert!(long["last_tenth_per_s"].as_f64().unwrap() > 0.0, "{long:#}");
+    assert!(long["read_old_ms"].as_f64().unwrap() > 0.0, "{long:#}");
+}

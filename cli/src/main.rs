@@ -101,6 +101,18 @@ enum Command {
         /// Instance id.
         id: String,
     },
+    /// Page through every step run of an instance (big ones included), in
+    /// path order.
+    Steps {
+        /// Instance id.
+        id: String,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Continue from a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
     /// List instances.
     List {
         /// Only this status.
@@ -226,6 +238,7 @@ async fn run_remote(node: remote::Remote, command: Command) -> anyhow::Result<()
                 .await
         }
         Command::Show { id } => node.show(&id).await,
+        Command::Steps { id, limit, cursor } => node.steps(&id, limit, cursor).await,
         Command::List {
             status,
             definition,

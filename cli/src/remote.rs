@@ -209,6 +209,13 @@ impl Remote {
             })
             .collect();
         table(&["PATH", "STATUS", "ATTEMPTS", "ERROR"], &rows);
+        if let Some(counts) = v["step_counts"].as_object() {
+            let counts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            println!("runs: {}", counts.join(", "));
+        }
+        if let Some(omitted) = v["steps_omitted"].as_u64().filter(|n| *n > 0) {
+            println!("({omitted} more runs not shown: troupe steps {id})");
+        }
         println!("\nHISTORY");
         for e in h["events"].as_array().into_iter().flatten() {
             let step = e["step"]
@@ -230,6 +237,40 @@ impl Remote {
                 text(&e["type"])
             );
         }
+        Ok(())
+    }
+
+    /// `troupe steps ID`: one page of step runs.
+    pub async fn steps(
+        &self,
+        id: &str,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> anyhow::Result<()> {
+        let mut path = format!("/v1/workflows/{}/steps?limit={limit}", enc(id));
+        if let Some(cursor) = cursor {
+            path.push_str(&format!("&cursor={}", enc(&cursor)));
+        }
+        let v = self.call(reqwest::Method::GET, &path, None).await?;
+        self.print(&v, |v| {
+            let rows: Vec<Vec<String>> = v["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    vec![
+                        text(&s["path"]),
+                        text(&s["status"]),
+                        s["attempts"].to_string(),
+                        s["error"]["code"].as_str().unwrap_or("").to_owned(),
+                    ]
+                })
+                .collect();
+            table(&["PATH", "STATUS", "ATTEMPTS", "ERROR"], &rows);
+            if let Some(next) = v["next_cursor"].as_str() {
+                println!("next page: --cursor {next}");
+            }
+        });
         Ok(())
     }
 

@@ -26,6 +26,9 @@ fn stdlib() -> Arc<cel::Env> {
 pub struct Expr {
     source: String,
     program: Arc<Program>,
+    /// Names it reads: only those bindings are converted to CEL values (a
+    /// big `input` costs nothing to an expression that does not read it).
+    reads: Arc<[String]>,
 }
 
 impl fmt::Debug for Expr {
@@ -52,9 +55,16 @@ impl Expr {
     /// Compiles `source`, returning the parser's message on error.
     pub fn compile(source: &str) -> Result<Self, String> {
         let program = Program::compile(source).map_err(|e| first_line(&e.to_string()))?;
+        let reads = program
+            .references()
+            .variables()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         Ok(Self {
             source: source.to_owned(),
             program: Arc::new(program),
+            reads,
         })
     }
 
@@ -66,7 +76,11 @@ impl Expr {
     /// Evaluates against `scope`, converting the result to JSON.
     pub fn eval(&self, scope: &dyn Scope) -> Result<Json, String> {
         let mut ctx = Context::with_env(stdlib());
-        scope.visit(&mut |name, value| ctx.add_variable_from_value(name, json_to_cel(value)));
+        scope.visit(&mut |name, value| {
+            if self.reads.iter().any(|r| r == name) {
+                ctx.add_variable_from_value(name, json_to_cel(value));
+            }
+        });
         let value = self.program.execute(&ctx).map_err(|e| e.to_string())?;
         cel_to_json(&value)
     }

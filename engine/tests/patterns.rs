@@ -1318,3 +1318,70 @@ steps:
     assert_eq!(undone, booked, "compensated in reverse order of completion");
     assert_eq!(sim.status(), InstanceStatus::Compensated);
 }
+
+#[test]
+fn loop_repeats_while_its_condition_holds_and_folds_each_iteration() {
+    let yaml = r#"
+name: renew
+version: 1
+steps:
+  - { id: init, set: { renewals: 0 } }
+  - id: monthly
+    loop: "renewals < 3"
+    output: summary
+    steps:
+      - { id: nap, wait: 30d }
+      - { id: charge, task: billing.charge, input: { n: "${iteration}" }, compensate: { task: billing.refund } }
+      - { id: count, set: { renewals: "${renewals + 1}" } }
+"#;
+    let mut sim = Sim::start(load(yaml), json!({}));
+    for i in 0..3 {
+        let (timer, _) = sim.fire_next_timer().expect("a nap per iteration");
+        assert_eq!(timer.path, format!("monthly/{i}/nap"));
+        assert_eq!(
+            sim.task(&format!("monthly/{i}/charge")).input,
+            json!({"n": i})
+        );
+        sim.complete(&format!("monthly/{i}/charge"), json!({"ok": i}));
+        // Only the foreach-like body of the running iteration stays.
+        assert!(sim.inst.steps.len() <= 2 + 3, "{:?}", sim.inst.steps.keys());
+    }
+    assert_eq!(sim.status(), InstanceStatus::Completed);
+    assert_eq!(sim.inst.vars["renewals"], json!(3));
+    assert_eq!(
+        sim.inst.vars["summary"],
+        json!({"iterations": 3, "last": {"renewals": 3}})
+    );
+    // Naps and counts were archived; charges wait for a rollback.
+    assert_eq!(sim.inst.archived.get(&StepStatus::Completed), Some(&6));
+    assert_eq!(sim.inst.folded.len(), 3);
+}
+
+#[test]
+fn loop_that_never_waits_is_bounded() {
+    let spin = r#"
+name: spin
+version: 1
+steps:
+  - { id: init, set: { n: 0 } }
+  - id: forever
+    loop: "true"
+    steps: [ { id: inc, set: { n: "${n + 1}" } } ]
+"#;
+    let sim = Sim::start(load(spin), json!({}));
+    assert_eq!(sim.status(), InstanceStatus::Failed);
+    assert_eq!(sim.inst.error.as_ref().unwrap().code, "loop_spin");
+    let capped = r#"
+name: capped
+version: 1
+steps:
+  - { id: init, set: { n: 0 } }
+  - id: five
+    loop: "true"
+    max_iterations: 5000
+    steps: [ { id: inc, set: { n: "${n + 1}" } } ]
+"#;
+    let sim = Sim::start(load(capped), json!({}));
+    assert_eq!(sim.status(), InstanceStatus::Completed);
+    assert_eq!(sim.inst.vars["n"], json!(5000));
+}

@@ -32,6 +32,9 @@ steps:
       - when: "input.items.size() > 2"
         steps: [ { id: big, task: t.big, compensate: { task: undo.big }, on_failure: [ { id: soft, task: noop } ] } ]
       - otherwise: [ { id: small, task: t.small } ]
+  - id: again
+    loop: "iteration < 2"
+    steps: [ { id: l, task: t.l, input: "${iteration}", compensate: { task: undo.l } } ]
   - { id: approve, human: { assignee: ops, timeout: 1h, escalate_to: leads, escalation_timeout: 1h }, on_timeout: fail }
   - { id: child, workflow: sub, compensate: { task: undo.child } }
   - { id: last, task: t.last, retry: { max_attempts: 1 } }

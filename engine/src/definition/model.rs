@@ -51,6 +51,8 @@ pub enum StepKind {
     Choice(ChoiceStep),
     /// Run the body once per item of a list, up to `concurrency` at a time.
     Foreach(ForeachStep),
+    /// Run the body again and again while a condition holds.
+    Loop(LoopStep),
     /// Wait for a person's decision, with timeout and escalation.
     Human(HumanStep),
     /// Wait for a named signal or correlated event.
@@ -172,6 +174,27 @@ pub struct ForeachStep {
     pub concurrency: u32,
     /// The body, run once per item.
     pub steps: Vec<Step>,
+}
+
+/// A loop step: `loop: <CEL condition>` with `steps`, checked before each
+/// iteration; the body's outputs go to the enclosing variables, so that the
+/// condition sees what the last iteration did. Its result is
+/// `{iterations, last}` (the last iteration's result).
+#[derive(Debug, Clone)]
+pub struct LoopStep {
+    /// Checked before each iteration; the loop ends when it is false.
+    pub condition: Expr,
+    /// Most iterations; the loop ends after them. Without it, a loop whose
+    /// iterations end without waiting on anything fails after
+    /// [`LoopStep::SPIN_LIMIT`] in a row.
+    pub max_iterations: Option<u64>,
+    /// The body.
+    pub steps: Vec<Step>,
+}
+
+impl LoopStep {
+    /// Iterations a loop without `max_iterations` may run without waiting.
+    pub const SPIN_LIMIT: u64 = 1000;
 }
 
 /// How long an await or human step may wait.
@@ -298,6 +321,7 @@ impl Step {
                 v
             }
             StepKind::Foreach(each) => vec![each.steps.as_slice()],
+            StepKind::Loop(each) => vec![each.steps.as_slice()],
             StepKind::Human(HumanStep {
                 on_timeout: TimeoutAction::Steps(s),
                 ..
@@ -321,6 +345,7 @@ impl Step {
             StepKind::Parallel(_) => "parallel",
             StepKind::Choice(_) => "choice",
             StepKind::Foreach(_) => "foreach",
+            StepKind::Loop(_) => "loop",
             StepKind::Human(_) => "human",
             StepKind::Await(_) => "await",
             StepKind::Wait(_) => "wait",

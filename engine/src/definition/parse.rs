@@ -11,9 +11,9 @@ use serde_json::Value as Json;
 use std::collections::BTreeMap;
 
 /// Keys that select a step's kind; a step has exactly one.
-const KIND_KEYS: [&str; 12] = [
-    "task", "parallel", "choice", "foreach", "human", "await", "wait", "until", "workflow", "set",
-    "fail", "succeed",
+const KIND_KEYS: [&str; 13] = [
+    "task", "parallel", "choice", "foreach", "loop", "human", "await", "wait", "until", "workflow",
+    "set", "fail", "succeed",
 ];
 
 /// Names that expressions bind themselves and documents may not reuse.
@@ -204,6 +204,19 @@ fn step_kind(kind: &str, f: &mut Fields<'_>, issues: &mut Issues) -> Option<Step
                 items: items?,
                 var: var?,
                 concurrency,
+                steps: steps?,
+            }))
+        }
+        "loop" => {
+            let condition = expr(f.get("loop")?, &f.path_of("loop"), issues);
+            let max_iterations = f.uint("max_iterations", 1, u64::MAX, issues);
+            let steps = match f.require("steps", issues) {
+                Some(v) => step_list(v, &f.path_of("steps"), issues),
+                None => None,
+            };
+            Some(StepKind::Loop(LoopStep {
+                condition: condition?,
+                max_iterations,
                 steps: steps?,
             }))
         }

@@ -111,7 +111,7 @@ fn duplicate_step_ids_across_nesting() {
 fn step_kinds_must_be_exactly_one() {
     assert_has(
         &format!("{HEAD}  - {{ id: a }}\n"),
-        "steps[0]: needs one of: task, parallel, choice, foreach, human, await, wait, until, workflow, set, fail, succeed",
+        "steps[0]: needs one of: task, parallel, choice, foreach, loop, human, await, wait, until, workflow, set, fail, succeed",
     );
     assert_has(
         &format!("{HEAD}  - {{ id: a, task: x, wait: 1s }}\n"),
@@ -245,7 +245,7 @@ fn placement_rules() {
         &format!(
             "{HEAD}  - id: l\n    foreach: 'input.xs'\n    as: x\n    steps: [ {{ id: s, succeed: {{}} }} ]\n"
         ),
-        "steps[0].steps[0].succeed: is not allowed inside parallel or foreach",
+        "steps[0].steps[0].succeed: is not allowed inside parallel, foreach or loop",
     );
     assert_has(
         &format!("{HEAD}  - {{ id: a, task: x, output: input }}\n"),

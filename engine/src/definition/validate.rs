@@ -68,7 +68,7 @@ impl<'a> Walk<'a, '_> {
         if in_concurrent && fields.contains_key("succeed") {
             self.issues.push(
                 &format!("{path}.succeed"),
-                "is not allowed inside parallel or foreach",
+                "is not allowed inside parallel, foreach or loop",
             );
         }
         let nested = depth + 1;
@@ -91,7 +91,7 @@ impl<'a> Walk<'a, '_> {
                 }
             }
         }
-        if fields.contains_key("foreach")
+        if (fields.contains_key("foreach") || fields.contains_key("loop"))
             && let Some(body) = fields.get("steps")
         {
             self.list(body, &format!("{path}.steps"), nested, true);

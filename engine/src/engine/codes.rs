@@ -12,3 +12,5 @@ pub const HEARTBEAT_TIMEOUT: &str = "heartbeat_timeout";
 pub const TIMEOUT: &str = "timeout";
 /// The step was interrupted because the instance rolled back.
 pub const CANCELLED: &str = "cancelled";
+/// A loop without `max_iterations` ran too many iterations that waited on nothing.
+pub const LOOP_SPIN: &str = "loop_spin";

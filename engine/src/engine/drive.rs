@@ -1,7 +1,7 @@
 //! The forward walk: after every event, walk the definition against the
 //! recorded runs, start what should run next and settle containers.
 
-use super::codes::EXPRESSION_ERROR;
+use super::codes::{EXPRESSION_ERROR, LOOP_SPIN};
 use super::effect::{Effect, TimerId, TimerKind};
 use super::machine::{Frame, Machine, Touched, join};
 use super::scope::Bindings;
@@ -151,6 +151,7 @@ impl<'a> Machine<'a> {
                 self.run_list(steps, &join(path, b), frame)
             }
             StepKind::Foreach(each) => self.foreach(each, path, frame),
+            StepKind::Loop(each) => self.run_loop(step, each, path, frame),
             StepKind::Human(h) if self.inst.steps[path].fallback.is_some() => {
                 self.on_timeout(&h.on_timeout, path, frame)
             }
@@ -247,6 +248,90 @@ impl<'a> Machine<'a> {
             unreachable!("a running foreach has items")
         };
         Flow::Done(Json::Array(results.clone()))
+    }
+
+    /// A loop runs its current iteration; when it ends (and is folded away),
+    /// the condition decides on the next. Iterations that end without
+    /// waiting are bounded: by `max_iterations`, or else by the spin limit.
+    fn run_loop(
+        &mut self,
+        step: &'a Step,
+        each: &'a crate::definition::LoopStep,
+        path: &str,
+        frame: &Frame,
+    ) -> Flow {
+        let mut ended_here = 0;
+        loop {
+            let RunDetail::Loop {
+                iterations,
+                running,
+                ..
+            } = self.inst.steps[path].detail
+            else {
+                unreachable!("a running loop has its progress")
+            };
+            if running {
+                let key = join(path, iterations - 1);
+                match self.run_list(&each.steps, &key, &frame.nested(key.clone(), false)) {
+                    Flow::Done(result) => {
+                        if let RunDetail::Loop { running, last, .. } =
+                            &mut self.run_mut(path).expect("run").detail
+                        {
+                            *running = false;
+                            *last = result;
+                        }
+                        self.fold(&key);
+                        ended_here += 1;
+                    }
+                    other => return other,
+                }
+            }
+            let done = || {
+                let RunDetail::Loop { last, .. } = &self.inst.steps[path].detail else {
+                    unreachable!("a running loop has its progress")
+                };
+                Flow::Done(serde_json::json!({ "iterations": iterations, "last": last }))
+            };
+            match each.max_iterations {
+                Some(max) if iterations >= max => return done(),
+                None if ended_here >= crate::definition::LoopStep::SPIN_LIMIT => {
+                    let error = ErrorInfo::new(
+                        LOOP_SPIN,
+                        format!(
+                            "{ended_here} iterations ended without waiting; give the loop max_iterations or a step that waits"
+                        ),
+                    );
+                    self.fail_run(path, error);
+                    return self.after_failure(step, path, frame);
+                }
+                _ => {}
+            }
+            let index = Json::from(iterations);
+            let bindings = Bindings::new(self.inst, &frame.scopes).with("iteration", &index);
+            match each.condition.eval_bool(&bindings) {
+                Ok(false) => return done(),
+                Ok(true) => {}
+                Err(msg) => {
+                    let error = ErrorInfo::new(EXPRESSION_ERROR, format!("loop: {msg}"));
+                    self.fail_run(path, error);
+                    return self.after_failure(step, path, frame);
+                }
+            }
+            self.inst
+                .scopes
+                .entry(join(path, iterations))
+                .or_default()
+                .insert("iteration".into(), index);
+            if let RunDetail::Loop {
+                iterations,
+                running,
+                ..
+            } = &mut self.run_mut(path).expect("run").detail
+            {
+                *iterations += 1;
+                *running = true;
+            }
+        }
     }
 
     /// `(items, started, active iterations)` of the foreach at `path`.
@@ -433,6 +518,17 @@ impl<'a> Machine<'a> {
                     ));
                 }
             },
+            StepKind::Loop(_) => self.new_run(
+                path,
+                step,
+                frame,
+                StepStatus::Running,
+                RunDetail::Loop {
+                    iterations: 0,
+                    running: false,
+                    last: Json::Null,
+                },
+            ),
             StepKind::Human(human) => {
                 let input = match human
                     .input

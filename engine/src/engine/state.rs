@@ -242,6 +242,16 @@ pub enum RunDetail {
         /// Result of each started iteration (`null` until it finishes).
         results: Vec<Json>,
     },
+    /// A loop: iterations started, whether the last one still runs, and the
+    /// result of the last one that ended (earlier ones are folded away).
+    Loop {
+        /// Iterations started so far.
+        iterations: u64,
+        /// Whether iteration `iterations - 1` is still running.
+        running: bool,
+        /// Result of the last iteration that ended.
+        last: Json,
+    },
     /// A human task: whether it was escalated, and what the person is shown
     /// (kept so that an escalation can rewrite the whole task record).
     Human {
