@@ -39,6 +39,7 @@ pub(crate) struct Built {
 /// from the engine state; nothing is read.
 pub(crate) fn batch(
     shard: u32,
+    history_retention: Option<u64>,
     record: &InstanceRecord,
     previous: Option<Indexed>,
     persisted: Persisted,
@@ -70,6 +71,13 @@ pub(crate) fn batch(
     let persisted = if persisted.snapshot_due(journal_bytes, record.state.status.is_terminal()) {
         let bytes = batch.put_snapshot(&record.state);
         snapshot_bytes = Some(bytes);
+        // Events the snapshot includes, older than the retention, go.
+        if let Some(drop_to) = history_retention
+            .and_then(|keep| record.state.events_applied.checked_sub(keep))
+            .filter(|seq| *seq > 0)
+        {
+            batch.drop_history(id, drop_to);
+        }
         Persisted {
             snapshot_events: record.state.events_applied,
             snapshot_bytes: bytes,

@@ -299,6 +299,7 @@ async fn transition(state: &mut WorkflowState, kinds: Vec<EventKind>) -> Result<
     let effects = effects::net_out(effects, &journal);
     let built = effects::batch(
         state.args.shard,
+        services.settings.history_retention,
         record,
         previous,
         state.persisted,

@@ -29,6 +29,9 @@ pub struct Settings {
     pub memory_budget_bytes: usize,
     /// Worker tasks waiting for a worker before new starts are refused.
     pub max_queued_tasks: usize,
+    /// Journal events kept before an instance's latest snapshot (`None`:
+    /// the whole history).
+    pub history_retention: Option<u64>,
 }
 
 /// Everything the actors share.

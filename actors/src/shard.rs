@@ -314,6 +314,7 @@ mod tests {
             max_pending_per_shard: 100,
             memory_budget_bytes: 64 << 20,
             max_queued_tasks: 100,
+            history_retention: None,
         };
         let runtime = Runtime::start(store, committer, settings, TaskHandlers::default())
             .await

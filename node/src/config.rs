@@ -50,6 +50,12 @@ pub struct StorageConfig {
     pub write_buffer_mb: usize,
     /// RocksDB block cache shared by every column family, MiB.
     pub block_cache_mb: usize,
+    /// History retention: journal events kept before an instance's latest
+    /// snapshot; older ones are dropped when a snapshot is written (the
+    /// snapshot includes them, so the outcome does not change). Unset: every
+    /// instance keeps its whole history.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_retention_events: Option<u64>,
 }
 
 impl Default for StorageConfig {
@@ -59,6 +65,7 @@ impl Default for StorageConfig {
             max_batch: 4096,
             write_buffer_mb: 64,
             block_cache_mb: 64,
+            history_retention_events: None,
         }
     }
 }

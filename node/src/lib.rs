@@ -64,6 +64,7 @@ impl Node {
             max_pending_per_shard: config.limits.max_pending_per_shard,
             memory_budget_bytes: config.limits.memory_budget_mb << 20,
             max_queued_tasks: config.limits.max_queued_tasks,
+            history_retention: config.storage.history_retention_events,
         };
         let runtime = Runtime::start(store, committer, settings, handlers).await?;
         for file in &config.deploy {

@@ -147,3 +147,23 @@ async fn a_big_foreach_resumes_from_snapshot_and_journal_after_a_restart() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_retention_drops_old_events_and_the_instance_carries_on() {
+    let dir = TempDir::new("big-retention");
+    let (node, api) = common::node_with(&dir, "[storage]\nhistory-retention-events = 50\n").await;
+    api.deploy(
+        "name: ticker\nversion: 1\nsteps:\n  - { id: init, set: { beats: 0 } }\n  - id: tick\n    loop: \"beats < 400\"\n    steps:\n      - { id: nap, wait: 1ms }\n      - { id: beat, set: { beats: \"${beats + 1}\" } }\n",
+    )
+    .await;
+    api.start("ticker", "tick-1", json!({})).await;
+    let done = api.wait_status("tick-1", "completed").await;
+    assert_eq!(done["output"]["beats"], json!(400));
+    let (_, history) = api.get("/v1/workflows/tick-1/history?limit=10000").await;
+    let events = history["events"].as_array().unwrap();
+    // 401 events (start, then a timer per iteration); the final snapshot
+    // keeps the last 50 before it.
+    assert_eq!(events.len(), 50, "kept {}", events.len());
+    assert_eq!(events.last().unwrap()["seq"], json!(401));
+    node.shutdown().await;
+}

@@ -21,6 +21,12 @@ enum BatchOp {
         table: Table,
         key: Vec<u8>,
     },
+    /// Removes every key in `[from, to)`.
+    DeleteRange {
+        table: Table,
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
     /// Adds to a little-endian i64 counter.
     Add {
         table: Table,
@@ -143,6 +149,16 @@ impl ShardBatch {
         }
     }
 
+    /// Drops instance `id`'s journal events up to `seq` (history retention:
+    /// a snapshot includes them).
+    pub fn drop_history(&mut self, id: &str, seq: u64) {
+        self.ops.push(BatchOp::DeleteRange {
+            table: Table::Journal,
+            from: keys::journal(self.shard, id, 0),
+            to: keys::journal(self.shard, id, seq + 1),
+        });
+    }
+
     /// Writes an instance's whole state (its head must say how many events
     /// it includes). Returns its encoded size.
     pub fn put_snapshot(&mut self, state: &Instance) -> usize {
@@ -231,6 +247,9 @@ impl ShardBatch {
                     batch.put_cf(store.cf(table.cf()), key, value)
                 }
                 BatchOp::Delete { table, key } => batch.delete_cf(store.cf(table.cf()), key),
+                BatchOp::DeleteRange { table, from, to } => {
+                    batch.delete_range_cf(store.cf(table.cf()), from, to)
+                }
                 BatchOp::Add { table, key, delta } => {
                     batch.merge_cf(store.cf(table.cf()), key, delta.to_le_bytes())
                 }
