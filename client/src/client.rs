@@ -7,7 +7,9 @@ use serde_json::Value as Json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
-use troupe_protocol::{ListWorkflows, PollTasks, Request, Response, StartWorkflow, TaskAssignment};
+use troupe_protocol::{
+    ListWorkflows, Page, PollTasks, Request, Response, StartWorkflow, TaskAssignment,
+};
 
 /// How requests refused as overloaded or unavailable (or lost with a broken
 /// connection, when safe) are retried: exponential backoff from `initial` to
@@ -197,10 +199,21 @@ impl Client {
         self.json(request, true).await
     }
 
-    /// An instance's history.
+    /// The first page of an instance's history (`{events, next_cursor}`).
     pub async fn history(&self, id: &str) -> Result<Json, Error> {
+        self.history_page(id, Page::default()).await
+    }
+
+    /// A page of an instance's history: events after `page.cursor`.
+    pub async fn history_page(&self, id: &str, page: Page) -> Result<Json, Error> {
         let id = id.to_owned();
-        self.json(Request::History { id }, true).await
+        self.json(Request::History { id, page }, true).await
+    }
+
+    /// A page of an instance's step runs in path order (`{steps, next_cursor}`).
+    pub async fn steps(&self, id: &str, page: Page) -> Result<Json, Error> {
+        let id = id.to_owned();
+        self.json(Request::Steps { id, page }, true).await
     }
 
     /// A page of instances.

@@ -23,5 +23,5 @@ mod worker;
 
 pub use client::{Client, RetryPolicy};
 pub use error::Error;
-pub use troupe_protocol::{ErrorCode, ListWorkflows, TaskAssignment};
+pub use troupe_protocol::{ErrorCode, ListWorkflows, Page, TaskAssignment};
 pub use worker::{Task, TaskError, Worker};

@@ -260,13 +260,25 @@ async fn blocking_services<T: Send + 'static>(
 pub async fn workflow(rt: &Runtime, id: &str) -> Result<Json> {
     let shard = rt.router().shard_of(id);
     serving(rt, shard)?;
-    let owned = id.to_owned();
-    // Snapshot plus journal tail, replayed: off the async workers.
-    let record = blocking_services(rt, move |services| {
-        Ok(troupe_actors::read_instance(services, shard, &owned)?)
-    })
-    .await?
-    .ok_or_else(|| not_found(id))?;
+    let services = &rt.services;
+    let head = services
+        .store
+        .instance_head(shard, id)?
+        .ok_or_else(|| not_found(id))?;
+    let record = if head.status.is_terminal() {
+        // Ended: a head and a snapshot, two point reads (usually from the
+        // memtable or the block cache), cheaper inline than a hop to the
+        // blocking pool; most reads are of results.
+        troupe_actors::read_instance(services, shard, id)?
+    } else {
+        // Snapshot plus journal tail, replayed: off the async workers.
+        let owned = id.to_owned();
+        blocking_services(rt, move |services| {
+            Ok(troupe_actors::read_instance(services, shard, &owned)?)
+        })
+        .await?
+    };
+    let record = record.ok_or_else(|| not_found(id))?;
     Ok(view::instance(&record.state))
 }
 

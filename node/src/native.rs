@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use troupe_actors::Runtime;
 use troupe_protocol::frame::{self, FrameError, LENGTH_BYTES};
 use troupe_protocol::{
-    ClientFrame, ErrorCode, JsonText, ListWorkflows, Request, Response, ServerFrame, WireError,
+    ClientFrame, ErrorCode, JsonText, ListWorkflows, Page, Request, Response, ServerFrame,
+    WireError,
 };
 
 /// How long a client should wait after an overload answer.
@@ -257,6 +258,10 @@ fn json(value: Json) -> api::Result<Response> {
     Ok(Response::Json(value.to_string()))
 }
 
+fn limit(page: &Page) -> Option<usize> {
+    page.limit.map(|l| l as usize)
+}
+
 /// Runs one request through the same operations as the HTTP listener.
 async fn handle(state: &NativeState, request: Request) -> api::Result<Response> {
     let rt = &state.runtime;
@@ -281,7 +286,12 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
             json(view)
         }
         Request::Workflow { id } => json(api::workflow(rt, &id).await?),
-        Request::History { id } => json(api::history(rt, &id, None, None).await?),
+        Request::History { id, page } => {
+            json(api::history(rt, &id, page.cursor.as_deref(), limit(&page)).await?)
+        }
+        Request::Steps { id, page } => {
+            json(api::steps(rt, &id, page.cursor.as_deref(), limit(&page)).await?)
+        }
         Request::List(ListWorkflows {
             status,
             definition,
@@ -323,14 +333,22 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
             };
             json(api::publish(rt, &name, request).await?)
         }
-        Request::HumanTasks { assignee } => {
-            json(api::human_tasks(rt, assignee.as_deref(), None, None).await?)
-        }
+        Request::HumanTasks { assignee, page } => json(
+            api::human_tasks(
+                rt,
+                assignee.as_deref(),
+                page.cursor.as_deref(),
+                limit(&page),
+            )
+            .await?,
+        ),
         Request::CompleteHumanTask { id, payload } => {
             let payload = json_text(&payload, "payload")?;
             json(api::complete_human_task(rt, &id, payload).await?)
         }
-        Request::Incidents => json(api::incidents(rt, None, None).await?),
+        Request::Incidents { page } => {
+            json(api::incidents(rt, page.cursor.as_deref(), limit(&page)).await?)
+        }
         Request::SettleIncident { id, retry } => json(api::settle_incident(rt, &id, retry).await?),
         Request::Cluster => json(api::cluster(rt, state.node_id)),
         Request::Poll(poll) => {

@@ -121,6 +121,22 @@ async fn client_operations_pipeline_on_one_connection() {
         ["started", "task_completed", "signal"],
         "{history:#}"
     );
+    // Pages: one event at a time from a cursor.
+    let page = |cursor: Option<&str>| troupe_client::Page {
+        cursor: cursor.map(str::to_owned),
+        limit: Some(1),
+    };
+    let first = client.history_page("hi-7", page(None)).await.unwrap();
+    assert_eq!(first["events"].as_array().unwrap().len(), 1);
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let second = client
+        .history_page("hi-7", page(Some(&cursor)))
+        .await
+        .unwrap();
+    assert_eq!(second["events"][0]["type"], "task_completed", "{second:#}");
+    let steps = client.steps("hi-7", page(None)).await.unwrap();
+    assert_eq!(steps["steps"].as_array().unwrap().len(), 1, "{steps:#}");
+    assert!(steps["next_cursor"].is_string(), "{steps:#}");
     let page = client
         .list(troupe_client::ListWorkflows {
             status: Some("completed".into()),

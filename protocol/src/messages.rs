@@ -56,10 +56,19 @@ pub enum Request {
         /// Instance id.
         id: String,
     },
-    /// `GET /v1/workflows/{id}/history`.
+    /// `GET /v1/workflows/{id}/history?cursor=&limit=`.
     History {
         /// Instance id.
         id: String,
+        /// Which page.
+        page: Page,
+    },
+    /// `GET /v1/workflows/{id}/steps?cursor=&limit=`.
+    Steps {
+        /// Instance id.
+        id: String,
+        /// Which page.
+        page: Page,
     },
     /// `GET /v1/workflows?...`.
     List(ListWorkflows),
@@ -92,10 +101,12 @@ pub enum Request {
         /// Payload.
         payload: JsonText,
     },
-    /// `GET /v1/human-tasks?assignee=`.
+    /// `GET /v1/human-tasks?assignee=&cursor=&limit=`.
     HumanTasks {
         /// Only this assignee.
         assignee: Option<String>,
+        /// Which page.
+        page: Page,
     },
     /// `POST /v1/human-tasks/{id}/complete`.
     CompleteHumanTask {
@@ -104,8 +115,11 @@ pub enum Request {
         /// The decision.
         payload: JsonText,
     },
-    /// `GET /v1/incidents`.
-    Incidents,
+    /// `GET /v1/incidents?cursor=&limit=`.
+    Incidents {
+        /// Which page.
+        page: Page,
+    },
     /// `POST /v1/incidents/{id}/retry|resolve`.
     SettleIncident {
         /// Incident id.
@@ -180,6 +194,16 @@ pub struct StartWorkflow {
     pub id: Option<String>,
     /// Input.
     pub input: JsonText,
+}
+
+/// Which page of a paginated list: the first (no cursor) or the one after
+/// a previous page's `next_cursor`; the node's default size when no limit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Page {
+    /// The previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Most entries returned.
+    pub limit: Option<u32>,
 }
 
 /// `GET /v1/workflows` filters.

@@ -45,6 +45,24 @@ fn every_request_kind_round_trips() {
             token: "t".into(),
             progress: None,
         },
+        Request::History {
+            id: "o-1".into(),
+            page: Page {
+                cursor: Some("41".into()),
+                limit: Some(10),
+            },
+        },
+        Request::Steps {
+            id: "o-1".into(),
+            page: Page {
+                cursor: Some("lines/3/pick".into()),
+                limit: None,
+            },
+        },
+        Request::HumanTasks {
+            assignee: Some("ops".into()),
+            page: Page::default(),
+        },
     ];
     for (n, request) in requests.into_iter().enumerate() {
         let message = ClientFrame {
@@ -83,7 +101,9 @@ fn limits_and_versions_are_checked_before_decoding() {
 fn trailing_bytes_are_refused() {
     let mut bytes = frame::encode_frame(&ClientFrame {
         id: 7,
-        request: Request::Incidents,
+        request: Request::Incidents {
+            page: Page::default(),
+        },
     });
     bytes.push(0);
     assert!(matches!(

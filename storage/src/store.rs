@@ -263,15 +263,33 @@ impl Store {
     /// it, read from one RocksDB snapshot so that they agree even while the
     /// instance moves on.
     pub fn load_instance(&self, shard: u32, id: &str) -> Result<Option<StoredInstance>> {
-        // Most loads are of instances about to be created: answer those
-        // without pinning a snapshot.
-        if self.instance_head(shard, id)?.is_none() {
-            return Ok(None);
-        }
-        let view = self.db.snapshot();
         fn decode<T: serde::de::DeserializeOwned>(cf: &'static str, bytes: &[u8]) -> Result<T> {
             codec::decode(bytes).map_err(|source| Error::Corrupt { cf, source })
         }
+        // Most loads are of instances about to be created, or of ended ones
+        // (whose head and snapshot no longer change): answer those without
+        // pinning a RocksDB snapshot.
+        let Some(head) = self.instance_head(shard, id)? else {
+            return Ok(None);
+        };
+        if head.status.is_terminal() && head.snapshot_events == head.events {
+            let cf = Table::Snapshots.cf();
+            let bytes = self
+                .db
+                .get_pinned_cf(self.cf(cf), keys::instance(shard, id))?
+                .ok_or(Error::Missing {
+                    cf,
+                    what: "the snapshot an instance head names",
+                })?;
+            return Ok(Some(StoredInstance {
+                head,
+                snapshot: Some(decode(cf, &bytes)?),
+                snapshot_bytes: bytes.len(),
+                tail: Vec::new(),
+                tail_bytes: 0,
+            }));
+        }
+        let view = self.db.snapshot();
         let cf = Table::Instances.cf();
         let Some(bytes) = view.get_pinned_cf(self.cf(cf), keys::instance(shard, id))? else {
             return Ok(None);
