@@ -68,6 +68,10 @@ impl Store {
         db_options.create_missing_column_families(true);
         db_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         db_options.increase_parallelism(2);
+        // Flushes and compactions write their files back a megabyte at a
+        // time instead of in one burst at the end, which would queue the
+        // commit's WAL fsync behind it (a latency spike per flush).
+        db_options.set_bytes_per_sync(1 << 20);
         // Flushes and compactions yield the CPU to transitions, so that a
         // flush does not stall acknowledgements on a small machine.
         let mut env = rocksdb::Env::new()?;
@@ -89,6 +93,10 @@ impl Store {
             table.set_cache_index_and_filter_blocks(true);
             table.set_pin_l0_filter_and_index_blocks_in_cache(true);
             cf.set_block_based_table_factory(&table);
+            // The first levels are rewritten soonest: compressing them costs
+            // CPU (taken from transitions on a small machine) for little.
+            use rocksdb::DBCompressionType::{Lz4, None as Plain};
+            cf.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
             if name == Table::Counters.cf() {
                 cf.set_merge_operator_associative("add_i64", add_i64);
             }
