@@ -1,6 +1,6 @@
 //! `WorkflowActor`: one live instance. It applies events with the engine,
 //! commits them, then carries out the effects. Its state on disk is always
-//! the truth: after any failure it is rebuilt from the snapshot.
+//! the truth: after any failure it is rebuilt from its snapshot and journal tail.
 //!
 //! An actor stays in memory only while its instance works: it asks to be
 //! passivated as soon as the instance has ended (or does not exist), after
@@ -116,7 +116,7 @@ impl Actor for WorkflowActor {
                     let _ = reply.send(result.clone());
                 }
                 if storage_failed {
-                    // Memory may be ahead of disk: restart from the snapshot.
+                    // Memory may be ahead of disk: restart from what is stored.
                     return Err(format!(
                         "instance {} failed to commit: {:?}",
                         state.args.id, result

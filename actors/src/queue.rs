@@ -156,7 +156,7 @@ impl TaskQueues {
 
     /// Removes a queued attempt that should no longer run. An attempt already
     /// handed out is not recalled: its late result is ignored by the engine.
-    pub fn cancel(&self, instance: &str, path: &str, attempt: u32) {
+    pub fn cancel(&self, instance: &str, path: &str, attempt: u32) -> bool {
         let mut inner = self.inner.lock().expect("queue lock");
         let (mut removed, mut bytes) = (0, 0);
         for queue in inner.queues.values_mut() {
@@ -174,6 +174,7 @@ impl TaskQueues {
         inner.queued -= removed;
         inner.bytes -= bytes;
         self.settle(&inner);
+        removed > 0
     }
 
     /// Registers a waiter for `task_types` with `credit`; it is fed at once

@@ -5,10 +5,11 @@ use crate::definitions::DefinitionCache;
 use crate::router::Router;
 use crate::shard::ShardMsg;
 use crate::waiters::FinishWaiters;
-use crate::{Error, queue, tasks, timers};
+use crate::{Command, Error, queue, tasks, timers};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use troupe_engine::engine::{CANCELLED, ErrorInfo, EventKind};
 use troupe_protocol::ErrorCode;
 use troupe_storage::{Committer, Store};
 
@@ -80,8 +81,21 @@ impl Services {
 
     /// Stops an attempt wherever it waits or runs.
     pub(crate) fn cancel_task(&self, instance: &str, path: &str, attempt: u32) {
-        self.tasks.cancel(instance, path, attempt);
-        self.queues.cancel(instance, path, attempt);
+        let stopped = self.tasks.cancel(instance, path, attempt);
+        let withdrawn = self.queues.cancel(instance, path, attempt);
+        // The instance keeps a cancelled attempt open until it hears back
+        // (a rollback waits for it); an aborted builtin or a withdrawn queued
+        // attempt would otherwise never answer. An attempt the engine
+        // already settled ignores this report.
+        if stopped || withdrawn {
+            let event = EventKind::TaskFailed {
+                path: path.to_owned(),
+                attempt,
+                error: ErrorInfo::new(CANCELLED, "cancelled before it ran to its end"),
+                retryable: false,
+            };
+            self.router().cast(instance, Command::Event(event));
+        }
     }
 
     /// Refuses new work when the node holds as much as its limits allow:

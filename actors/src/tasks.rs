@@ -122,13 +122,16 @@ impl TaskRunner {
             .insert(key, (task.attempt, handle.abort_handle()));
     }
 
-    /// Stops an attempt if it is still running here.
-    pub fn cancel(&self, instance: &str, path: &str, attempt: u32) {
+    /// Stops an attempt if it is still running here; returns whether it was.
+    pub fn cancel(&self, instance: &str, path: &str, attempt: u32) -> bool {
         let mut running = self.running.lock().expect("running lock");
         let key = (instance.to_owned(), path.to_owned());
         if running.get(&key).is_some_and(|(a, _)| *a == attempt) {
             let (_, handle) = running.remove(&key).expect("checked");
             handle.abort();
+            true
+        } else {
+            false
         }
     }
 

@@ -87,6 +87,7 @@ fn report(name: &str, unit: &str, total: f64, run: &Run, target: &Target, metric
     let last = tenth / (time_at(samples, total) - time_at(samples, total - tenth)).max(1e-9);
     let journal = metric(metrics, "troupe_journal_bytes_total", &[]);
     let snapshots = metric(metrics, "troupe_snapshot_bytes_total", &[]);
+    let events = metric(metrics, "troupe_transitions_total", &[]).max(1.0);
     json!({
         "scenario": name,
         "unit": unit,
@@ -99,6 +100,8 @@ fn report(name: &str, unit: &str, total: f64, run: &Run, target: &Target, metric
         "last_over_first": ((last / first) * 100.0).round() / 100.0,
         "journal_mb": (journal / 1e5).round() / 10.0,
         "snapshot_mb": (snapshots / 1e5).round() / 10.0,
+        "journal_bytes_per_event": (journal / events).round(),
+        "snapshot_bytes_per_event": (snapshots / events).round(),
         "node_peak_rss_mb": target.rss().map(|(_, peak)| peak / (1 << 20)),
         "read_young_ms": run.young_read_ms,
     })

@@ -204,6 +204,7 @@ fn steady(r: &Value) -> bool {
 
 /// Runs the standard suite and writes the JSON results and the markdown.
 pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Result<()> {
+    settle_disk();
     let started = std::time::Instant::now();
     let mut results = Vec::new();
     let c1 = run(&args(Scenario::Noop, Some(1), None, quick)).await?;
@@ -404,11 +405,11 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
 /// The big-instance runs as a markdown table.
 fn big_table(runs: &[&Value]) -> String {
     let mut out = String::from(
-        "| scenario | size | s | per s | first tenth /s | last tenth /s | last / first | journal MB | snapshots MB | read at a tenth ms | read at the end ms | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | size | s | per s | first tenth /s | last tenth /s | last / first | journal MB (B/event) | snapshots MB (B/event) | read at a tenth ms | read at the end ms | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|",
     );
     for r in runs {
         out.push_str(&format!(
-            "\n| {} | {} {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "\n| {} | {} {} | {} | {} | {} | {} | {} | {} ({}) | {} ({}) | {} | {} | {} |",
             r["scenario"].as_str().unwrap_or("?"),
             r["total"],
             r["unit"].as_str().unwrap_or(""),
@@ -418,13 +419,22 @@ fn big_table(runs: &[&Value]) -> String {
             r["last_tenth_per_s"],
             r["last_over_first"],
             r["journal_mb"],
+            r["journal_bytes_per_event"],
             r["snapshot_mb"],
+            r["snapshot_bytes_per_event"],
             r["read_young_ms"],
             r["read_old_ms"],
             r["node_peak_rss_mb"],
         ));
     }
     out
+}
+
+/// Writes back what the build just wrote, so that the first runs do not
+/// fsync behind hundreds of megabytes of compiler output.
+fn settle_disk() {
+    let _ = std::process::Command::new("sync").status();
+    std::thread::sleep(Duration::from_secs(2));
 }
 
 /// A long closed-loop `noop` run (the soak): throughput and the node's
@@ -435,6 +445,7 @@ pub async fn soak(
     duration: Duration,
     concurrency: usize,
 ) -> anyhow::Result<()> {
+    settle_disk();
     let mut run_args = args(Scenario::Noop, Some(concurrency), None, false);
     run_args.duration = duration;
     run_args.warmup = Duration::from_secs(5);

@@ -167,3 +167,127 @@ async fn history_retention_drops_old_events_and_the_instance_carries_on() {
     assert_eq!(events.last().unwrap()["seq"], json!(401));
     node.shutdown().await;
 }
+
+const SAGA_MAP: &str = r#"
+name: saga-map
+version: 1
+steps:
+  - id: each
+    foreach: "input.items"
+    as: item
+    concurrency: 20
+    steps:
+      - { id: book, task: noop, input: "${item}", compensate: { task: noop, input: "${item}" } }
+      - { id: check, if: "item == size(input.items) - 1", fail: { code: bad_item } }
+"#;
+
+const NAP_MAP: &str = r#"
+name: nap-map
+version: 1
+steps:
+  - id: each
+    foreach: "input.items"
+    as: item
+    concurrency: 50
+    output: results
+    steps:
+      - { id: nap, wait: 20ms }
+      - { id: echo, task: noop, input: "${item}" }
+"#;
+
+/// Every event of an instance's history, oldest first.
+async fn full_history(api: &Api, id: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            None => format!("/v1/workflows/{id}/history?limit=10000"),
+            Some(c) => format!("/v1/workflows/{id}/history?limit=10000&cursor={c}"),
+        };
+        let (status, page) = api.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        events.extend(page["events"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return events,
+        }
+    }
+}
+
+/// The foreach iteration of a step path `each/<i>/...`.
+fn iteration(path: &str) -> u64 {
+    path.split('/').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_foreach_compensates_in_reverse_and_survives_sigkill() {
+    let dir = TempDir::new("big-kill");
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node-id = 1\ndata-dir = \"{}\"\nhttp-addr = \"127.0.0.1:0\"\nnative-addr = \"127.0.0.1:0\"\nshards = 4\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("node.log");
+    let node = common::NodeProcess::spawn(&config, &log);
+    node.api.deploy(SAGA_MAP).await;
+    node.api.deploy(NAP_MAP).await;
+
+    // The last item fails for good: every booked item is undone, newest
+    // booking first.
+    let items: Vec<u64> = (0..300).collect();
+    node.api
+        .start("saga-map", "saga-1", json!({ "items": items }))
+        .await;
+    let done = node.api.wait_status("saga-1", "compensated").await;
+    assert_eq!(done["error"]["code"], "bad_item", "{}", done["error"]);
+    let history = full_history(&node.api, "saga-1").await;
+    let completed = |suffix: &str| -> Vec<u64> {
+        history
+            .iter()
+            .filter(|e| e["type"] == "task_completed")
+            .filter_map(|e| e["step"].as_str())
+            .filter(|p| p.ends_with(suffix))
+            .map(iteration)
+            .collect()
+    };
+    let mut booked = completed("/book");
+    let undone = completed("/book/compensate");
+    assert_eq!(booked.len(), 300);
+    booked.reverse();
+    assert_eq!(undone, booked, "compensated in reverse order of booking");
+
+    // A big foreach killed in the middle carries on after a restart.
+    let items: Vec<u64> = (0..4000).collect();
+    node.api
+        .start("nap-map", "nap-1", json!({ "items": items }))
+        .await;
+    eventually(30, "part of the items to finish", || async {
+        let view = node.api.workflow("nap-1").await;
+        let n = view["step_counts"]["completed"].as_u64().unwrap_or(0);
+        (n > 1000).then_some(())
+    })
+    .await;
+    node.kill();
+    let node = common::NodeProcess::spawn(&config, &log);
+    let mut view = Value::Null;
+    for _ in 0..600 {
+        view = node.api.workflow("nap-1").await;
+        if view["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(view["status"], "completed", "{}", view["step_counts"]);
+    assert_eq!(view["output"]["results"], json!(items));
+    assert_eq!(
+        view["step_counts"]["completed"],
+        json!(8001),
+        "{}",
+        view["step_counts"]
+    );
+    node.kill();
+}

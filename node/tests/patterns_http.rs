@@ -517,3 +517,31 @@ async fn idempotent_start_listing_and_definitions() {
             .contains("troupe_workflows_started_total")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_cancels_a_running_builtin_and_does_not_wait_for_its_timeout() {
+    let t = TestNode::start().await;
+    let world = World::start().await;
+    let yaml = format!(
+        r#"
+name: interrupt
+version: 1
+steps:
+  - id: both
+    parallel:
+      - - {{ id: slow, task: http, input: {slow}, timeout: {{ start_to_close: 1h }} }}
+      - - {{ id: nap, wait: 200ms }}
+        - {{ id: boom, fail: {{ code: stop }} }}
+"#,
+        slow = call(&world, "/slow/x"),
+    );
+    t.api.deploy(&yaml).await;
+    t.api
+        .start("interrupt", "int-1", json!({"wf": "int-1"}))
+        .await;
+    // The running `http` attempt is aborted and reported cancelled, so the
+    // rollback ends at once rather than an hour later.
+    let done = t.api.wait_status("int-1", "failed").await;
+    assert_eq!(done["error"]["code"], "stop", "{done}");
+    assert_eq!(world.calls_for("int-1"), ["/slow/x"]);
+}

@@ -38,6 +38,7 @@ impl World {
             .route("/ok/{name}", any(ok))
             .route("/flaky/{name}/{times}", any(flaky))
             .route("/status/{code}/{name}", any(status))
+            .route("/slow/{name}", any(slow))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -87,6 +88,19 @@ async fn ok(
         StatusCode::OK,
         json!({"service": name, "key": key, "id": format!("{name}-1")}).to_string(),
     )
+}
+
+/// Answers 200 after a minute (a task that is still running when its
+/// instance rolls back).
+async fn slow(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> (StatusCode, String) {
+    record(&inner, format!("/slow/{name}"), &headers, &body);
+    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    (StatusCode::OK, json!({"service": name}).to_string())
 }
 
 /// Fails with 503 the first `times` calls per (name, body.wf), then succeeds.
