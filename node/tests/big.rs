@@ -256,7 +256,9 @@ async fn a_big_foreach_compensates_in_reverse_and_survives_sigkill() {
     };
     let mut booked = completed("/book");
     let undone = completed("/book/compensate");
-    assert_eq!(booked.len(), 300);
+    // Bookings still in flight when item 299 failed may have been
+    // cancelled instead (at most the other 19 iterations running).
+    assert!(booked.len() > 280, "{} booked", booked.len());
     booked.reverse();
     assert_eq!(undone, booked, "compensated in reverse order of booking");
 
