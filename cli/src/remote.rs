@@ -195,20 +195,7 @@ impl Remote {
             println!("output  {}", v["output"]);
         }
         println!("\nSTEPS");
-        let rows: Vec<Vec<String>> = v["steps"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| {
-                vec![
-                    text(&s["path"]),
-                    text(&s["status"]),
-                    s["attempts"].to_string(),
-                    s["error"]["code"].as_str().unwrap_or("").to_owned(),
-                ]
-            })
-            .collect();
-        table(&["PATH", "STATUS", "ATTEMPTS", "ERROR"], &rows);
+        step_table(&v["steps"]);
         if let Some(counts) = v["step_counts"].as_object() {
             let counts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
             println!("runs: {}", counts.join(", "));
@@ -253,20 +240,7 @@ impl Remote {
         }
         let v = self.call(reqwest::Method::GET, &path, None).await?;
         self.print(&v, |v| {
-            let rows: Vec<Vec<String>> = v["steps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|s| {
-                    vec![
-                        text(&s["path"]),
-                        text(&s["status"]),
-                        s["attempts"].to_string(),
-                        s["error"]["code"].as_str().unwrap_or("").to_owned(),
-                    ]
-                })
-                .collect();
-            table(&["PATH", "STATUS", "ATTEMPTS", "ERROR"], &rows);
+            step_table(&v["steps"]);
             if let Some(next) = v["next_cursor"].as_str() {
                 println!("next page: --cursor {next}");
             }
@@ -485,4 +459,22 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
     for row in rows {
         line(row.clone());
     }
+}
+
+/// Step runs (`[{path, status, attempts, error}]`) as a table.
+fn step_table(steps: &Value) {
+    let rows: Vec<Vec<String>> = steps
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            vec![
+                text(&s["path"]),
+                text(&s["status"]),
+                s["attempts"].to_string(),
+                s["error"]["code"].as_str().unwrap_or("").to_owned(),
+            ]
+        })
+        .collect();
+    table(&["PATH", "STATUS", "ATTEMPTS", "ERROR"], &rows);
 }

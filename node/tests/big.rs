@@ -21,6 +21,27 @@ steps:
     steps: [ { id: double, task: noop, input: "${item * 2}" } ]
 "#;
 
+/// Waits (up to a minute) for a restarted foreach to complete, then checks
+/// it returned every item in order and completed `runs` step runs.
+async fn completes_with(api: &Api, id: &str, items: &[u64], runs: u64) {
+    let mut view = Value::Null;
+    for _ in 0..600 {
+        view = api.workflow(id).await;
+        if view["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(view["status"], "completed", "{}", view["step_counts"]);
+    assert_eq!(view["output"]["results"], json!(items));
+    assert_eq!(
+        view["step_counts"]["completed"],
+        json!(runs),
+        "{}",
+        view["step_counts"]
+    );
+}
+
 /// The value of an unlabelled counter in a Prometheus text page.
 async fn counter(api: &Api, name: &str) -> f64 {
     let text = api
@@ -127,24 +148,9 @@ async fn a_big_foreach_resumes_from_snapshot_and_journal_after_a_restart() {
     node.shutdown().await;
 
     let (node, api) = common::node_with(&dir, "").await;
-    let mut view: Value = Value::Null;
-    for _ in 0..300 {
-        view = api.workflow("slow-1").await;
-        if view["status"] == "completed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(view["status"], "completed", "{view}");
-    assert_eq!(view["output"]["results"], json!(items));
     // Every iteration ran each step once: 600 naps and 600 echoes, plus
     // the foreach.
-    assert_eq!(
-        view["step_counts"]["completed"],
-        json!(1201),
-        "{}",
-        view["step_counts"]
-    );
+    completes_with(&api, "slow-1", &items, 1201).await;
     node.shutdown().await;
 }
 
@@ -275,21 +281,6 @@ async fn a_big_foreach_compensates_in_reverse_and_survives_sigkill() {
     .await;
     node.kill();
     let node = common::NodeProcess::spawn(&config, &log);
-    let mut view = Value::Null;
-    for _ in 0..600 {
-        view = node.api.workflow("nap-1").await;
-        if view["status"] == "completed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(view["status"], "completed", "{}", view["step_counts"]);
-    assert_eq!(view["output"]["results"], json!(items));
-    assert_eq!(
-        view["step_counts"]["completed"],
-        json!(8001),
-        "{}",
-        view["step_counts"]
-    );
+    completes_with(&node.api, "nap-1", &items, 8001).await;
     node.kill();
 }
