@@ -101,6 +101,17 @@ enum Command {
         /// Instance id.
         id: String,
     },
+    /// Page through an instance's history, oldest event first.
+    History {
+        /// Instance id.
+        id: String,
+        /// Page size.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Continue from a previous page (a sequence number).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
     /// Page through every step run of an instance (big ones included), in
     /// path order.
     Steps {
@@ -239,6 +250,7 @@ async fn run_remote(node: remote::Remote, command: Command) -> anyhow::Result<()
         }
         Command::Show { id } => node.show(&id).await,
         Command::Steps { id, limit, cursor } => node.steps(&id, limit, cursor).await,
+        Command::History { id, limit, cursor } => node.history(&id, limit, cursor).await,
         Command::List {
             status,
             definition,

@@ -204,26 +204,23 @@ impl Remote {
             println!("({omitted} more runs not shown: troupe steps {id})");
         }
         println!("\nHISTORY");
-        for e in h["events"].as_array().into_iter().flatten() {
-            let step = e["step"]
-                .as_str()
-                .map(|s| format!(" {s}"))
-                .unwrap_or_default();
-            let attempt = e["attempt"]
-                .as_u64()
-                .map(|a| format!("#{a}"))
-                .unwrap_or_default();
-            let code = e["error"]["code"]
-                .as_str()
-                .map(|c| format!(" ({c})"))
-                .unwrap_or_default();
-            println!(
-                "{:>4}  {}  {}{step}{attempt}{code}",
-                e["seq"],
-                text(&e["at"]),
-                text(&e["type"])
-            );
+        history_lines(&h, id);
+        Ok(())
+    }
+
+    /// `troupe history ID`: one page of an instance's events.
+    pub async fn history(
+        &self,
+        id: &str,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> anyhow::Result<()> {
+        let mut path = format!("/v1/workflows/{}/history?limit={limit}", enc(id));
+        if let Some(cursor) = cursor {
+            path.push_str(&format!("&cursor={}", enc(&cursor)));
         }
+        let v = self.call(reqwest::Method::GET, &path, None).await?;
+        self.print(&v, |v| history_lines(v, id));
         Ok(())
     }
 
@@ -477,4 +474,31 @@ fn step_table(steps: &Value) {
         })
         .collect();
     table(&["PATH", "STATUS", "ATTEMPTS", "ERROR"], &rows);
+}
+
+/// A page of history events, a line each, and how to get the next page.
+fn history_lines(page: &Value, id: &str) {
+    for e in page["events"].as_array().into_iter().flatten() {
+        let step = e["step"]
+            .as_str()
+            .map(|s| format!(" {s}"))
+            .unwrap_or_default();
+        let attempt = e["attempt"]
+            .as_u64()
+            .map(|a| format!("#{a}"))
+            .unwrap_or_default();
+        let code = e["error"]["code"]
+            .as_str()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default();
+        println!(
+            "{:>4}  {}  {}{step}{attempt}{code}",
+            e["seq"],
+            text(&e["at"]),
+            text(&e["type"])
+        );
+    }
+    if let Some(next) = page["next_cursor"].as_str() {
+        println!("(more events: troupe history {id} --cursor {next})");
+    }
 }
