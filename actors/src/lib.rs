@@ -36,7 +36,10 @@ pub use error::{Error, Result};
 pub use router::Router;
 pub use runtime::Runtime;
 pub use services::{Services, Settings};
-pub use stored::{Loaded, Persisted, load as load_instance, read as read_instance};
+pub use stored::{
+    Loaded, Persisted, load as load_instance, read as read_instance,
+    read_after as read_instance_after,
+};
 pub use tasks::{TaskError, TaskHandler, TaskHandlers, TaskRequest};
 pub use waiters::FinishWaiters;
 

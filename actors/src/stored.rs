@@ -13,7 +13,7 @@ use std::sync::Arc;
 use troupe_engine::definition::Definition;
 use troupe_engine::engine::{Instance, apply};
 use troupe_protocol::ErrorCode;
-use troupe_storage::InstanceRecord;
+use troupe_storage::{InstanceHead, InstanceRecord, StoredInstance};
 
 /// Journal bytes after which a snapshot is taken even of a small instance
 /// (so a long-lived one replays a short tail).
@@ -60,9 +60,26 @@ pub struct Loaded {
 /// Reads an instance: its snapshot, then its journal tail replayed with its
 /// definition. `None` when it does not exist.
 pub fn load(services: &Services, shard: u32, id: &str) -> Result<Option<Loaded>, Error> {
-    let Some(stored) = services.store.load_instance(shard, id)? else {
-        return Ok(None);
-    };
+    match services.store.load_instance(shard, id)? {
+        Some(stored) => replayed(services, id, stored).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// An instance's current state, for a caller that has just read its head
+/// (an ended instance then costs one more read).
+pub fn read_after(
+    services: &Services,
+    shard: u32,
+    id: &str,
+    head: InstanceHead,
+) -> Result<InstanceRecord, Error> {
+    let stored = services.store.load_instance_after(shard, id, head)?;
+    Ok(replayed(services, id, stored)?.record)
+}
+
+/// The state a snapshot and a journal tail make.
+fn replayed(services: &Services, id: &str, stored: StoredInstance) -> Result<Loaded, Error> {
     let head = stored.head;
     let definition = services
         .definitions
@@ -93,7 +110,7 @@ pub fn load(services: &Services, shard: u32, id: &str) -> Result<Option<Loaded>,
             ),
         ));
     }
-    Ok(Some(Loaded {
+    Ok(Loaded {
         record: InstanceRecord {
             state,
             parent: head.parent,
@@ -104,7 +121,7 @@ pub fn load(services: &Services, shard: u32, id: &str) -> Result<Option<Loaded>,
             snapshot_bytes: stored.snapshot_bytes,
             tail_bytes: stored.tail_bytes,
         },
-    }))
+    })
 }
 
 /// An instance's current state as stored, or `None`.

@@ -8,7 +8,7 @@ use troupe_actors::{Applied, Command, Runtime, Services, view};
 use troupe_engine::definition;
 use troupe_engine::engine::{EventKind, InstanceStatus, StepRun};
 use troupe_protocol::{ErrorCode, stable_hash};
-use troupe_storage::{DefinitionRecord, ListOrder, Store};
+use troupe_storage::{DefinitionRecord, InstanceHead, ListOrder, Store};
 
 /// An API error: a stable code, a message and optional details.
 #[derive(Debug, Clone, PartialEq)]
@@ -260,25 +260,31 @@ async fn blocking_services<T: Send + 'static>(
 pub async fn workflow(rt: &Runtime, id: &str) -> Result<Json> {
     let shard = rt.router().shard_of(id);
     serving(rt, shard)?;
-    let services = &rt.services;
-    let head = services
+    let head = rt
+        .services
         .store
         .instance_head(shard, id)?
         .ok_or_else(|| not_found(id))?;
+    view_after(rt, shard, id, head).await
+}
+
+/// The view of an instance whose head was just read.
+async fn view_after(rt: &Runtime, shard: u32, id: &str, head: InstanceHead) -> Result<Json> {
     let record = if head.status.is_terminal() {
-        // Ended: a head and a snapshot, two point reads (usually from the
-        // memtable or the block cache), cheaper inline than a hop to the
-        // blocking pool; most reads are of results.
-        troupe_actors::read_instance(services, shard, id)?
+        // Ended: one more point read (usually from the memtable or the
+        // block cache), cheaper inline than a hop to the blocking pool;
+        // most reads are of results.
+        troupe_actors::read_instance_after(&rt.services, shard, id, head)?
     } else {
         // Snapshot plus journal tail, replayed: off the async workers.
         let owned = id.to_owned();
         blocking_services(rt, move |services| {
-            Ok(troupe_actors::read_instance(services, shard, &owned)?)
+            Ok(troupe_actors::read_instance_after(
+                services, shard, &owned, head,
+            )?)
         })
         .await?
     };
-    let record = record.ok_or_else(|| not_found(id))?;
     Ok(view::instance(&record.state))
 }
 
@@ -616,22 +622,25 @@ pub fn cluster(rt: &Runtime, node_id: u64) -> Json {
 pub async fn await_workflow(rt: &Runtime, id: &str, wait: std::time::Duration) -> Result<Json> {
     let waiters = &rt.services.finished;
     let ended = waiters.wait(id);
-    // Our receiver must be dropped before its entry is forgotten, or the
-    // entry stays (one per awaited instance, for good).
-    let view = match workflow(rt, id).await {
-        Ok(view) => view,
-        Err(e) => {
-            drop(ended);
-            waiters.forget_closed(id);
-            return Err(e);
-        }
+    // Whether it has ended: its head says so (one point read; the whole
+    // state is read only to answer).
+    let shard = rt.router().shard_of(id);
+    let head = serving(rt, shard).and_then(|()| {
+        rt.services
+            .store
+            .instance_head(shard, id)?
+            .ok_or_else(|| not_found(id))
+    });
+    let settled = match &head {
+        Ok(head) => head.status.is_terminal() || wait.is_zero(),
+        Err(_) => true,
     };
-    let terminal = serde_json::from_value::<InstanceStatus>(view["status"].clone())
-        .is_ok_and(InstanceStatus::is_terminal);
-    if terminal || wait.is_zero() {
+    if settled {
+        // Our receiver must be dropped before its entry is forgotten, or the
+        // entry stays (one per awaited instance, for good).
         drop(ended);
         waiters.forget_closed(id);
-        return Ok(view);
+        return view_after(rt, shard, id, head?).await;
     }
     let waited = tokio::time::timeout(wait.min(std::time::Duration::from_secs(60)), ended).await;
     rt.services.finished.forget_closed(id);

@@ -271,15 +271,25 @@ impl Store {
     /// it, read from one RocksDB snapshot so that they agree even while the
     /// instance moves on.
     pub fn load_instance(&self, shard: u32, id: &str) -> Result<Option<StoredInstance>> {
-        fn decode<T: serde::de::DeserializeOwned>(cf: &'static str, bytes: &[u8]) -> Result<T> {
-            codec::decode(bytes).map_err(|source| Error::Corrupt { cf, source })
-        }
         // Most loads are of instances about to be created, or of ended ones
         // (whose head and snapshot no longer change): answer those without
         // pinning a RocksDB snapshot.
-        let Some(head) = self.instance_head(shard, id)? else {
-            return Ok(None);
-        };
+        match self.instance_head(shard, id)? {
+            None => Ok(None),
+            Some(head) => self.load_instance_after(shard, id, head).map(Some),
+        }
+    }
+
+    /// [`Store::load_instance`] for a caller that has just read the head.
+    pub fn load_instance_after(
+        &self,
+        shard: u32,
+        id: &str,
+        head: InstanceHead,
+    ) -> Result<StoredInstance> {
+        fn decode<T: serde::de::DeserializeOwned>(cf: &'static str, bytes: &[u8]) -> Result<T> {
+            codec::decode(bytes).map_err(|source| Error::Corrupt { cf, source })
+        }
         if head.status.is_terminal() && head.snapshot_events == head.events {
             let cf = Table::Snapshots.cf();
             let bytes = self
@@ -289,19 +299,24 @@ impl Store {
                     cf,
                     what: "the snapshot an instance head names",
                 })?;
-            return Ok(Some(StoredInstance {
+            return Ok(StoredInstance {
                 head,
                 snapshot: Some(decode(cf, &bytes)?),
                 snapshot_bytes: bytes.len(),
                 tail: Vec::new(),
                 tail_bytes: 0,
-            }));
+            });
         }
+        // The instance may move on meanwhile: read the head again, with the
+        // rest, from one RocksDB snapshot.
         let view = self.db.snapshot();
         let cf = Table::Instances.cf();
-        let Some(bytes) = view.get_pinned_cf(self.cf(cf), keys::instance(shard, id))? else {
-            return Ok(None);
-        };
+        let bytes = view
+            .get_pinned_cf(self.cf(cf), keys::instance(shard, id))?
+            .ok_or(Error::Missing {
+                cf,
+                what: "the head of an instance just read",
+            })?;
         let head: InstanceHead = decode(cf, &bytes)?;
         let (mut snapshot, mut snapshot_bytes) = (None, 0);
         if head.snapshot_events > 0 {
@@ -331,13 +346,13 @@ impl Store {
                 tail.push(decode(cf, &value)?);
             }
         }
-        Ok(Some(StoredInstance {
+        Ok(StoredInstance {
             head,
             snapshot,
             snapshot_bytes,
             tail,
             tail_bytes,
-        }))
+        })
     }
 
     /// Up to `limit` archived step runs of an instance, by path, after
