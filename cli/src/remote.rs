@@ -215,10 +215,7 @@ impl Remote {
         limit: usize,
         cursor: Option<String>,
     ) -> anyhow::Result<()> {
-        let mut path = format!("/v1/workflows/{}/history?limit={limit}", enc(id));
-        if let Some(cursor) = cursor {
-            path.push_str(&format!("&cursor={}", enc(&cursor)));
-        }
+        let path = page_path(id, "history", limit, cursor);
         let v = self.call(reqwest::Method::GET, &path, None).await?;
         self.print(&v, |v| history_lines(v, id));
         Ok(())
@@ -231,10 +228,7 @@ impl Remote {
         limit: usize,
         cursor: Option<String>,
     ) -> anyhow::Result<()> {
-        let mut path = format!("/v1/workflows/{}/steps?limit={limit}", enc(id));
-        if let Some(cursor) = cursor {
-            path.push_str(&format!("&cursor={}", enc(&cursor)));
-        }
+        let path = page_path(id, "steps", limit, cursor);
         let v = self.call(reqwest::Method::GET, &path, None).await?;
         self.print(&v, |v| {
             step_table(&v["steps"]);
@@ -501,4 +495,13 @@ fn history_lines(page: &Value, id: &str) {
     if let Some(next) = page["next_cursor"].as_str() {
         println!("(more events: troupe history {id} --cursor {next})");
     }
+}
+
+/// `/v1/workflows/{id}/{list}?limit=&cursor=`.
+fn page_path(id: &str, list: &str, limit: usize, cursor: Option<String>) -> String {
+    let mut path = format!("/v1/workflows/{}/{list}?limit={limit}", enc(id));
+    if let Some(cursor) = cursor {
+        path.push_str(&format!("&cursor={}", enc(&cursor)));
+    }
+    path
 }
