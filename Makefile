@@ -5,12 +5,17 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: run simulate test bench soak deps build fmt lint unit clean
+.PHONY: run cluster simulate test bench soak deps build fmt lint unit clean
 
 ## run: start a local node with the examples deployed and print where to look
 run: deps
 	$(CARGO) build --release --workspace --bins --examples
 	@bash scripts/run-node.sh
+
+## cluster: start the local three-node cluster (cluster-config/local-3.toml)
+cluster: deps
+	$(CARGO) build --release --workspace --bins --examples
+	@bash scripts/run-cluster.sh
 
 ## simulate: dry-run every example through the engine, printing the timelines
 simulate: deps

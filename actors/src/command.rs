@@ -9,7 +9,7 @@ use troupe_engine::engine::EventKind;
 use troupe_storage::ParentLink;
 
 /// What a command did.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Applied {
     /// The event was journaled and its effects carried out.
     Done,
@@ -51,3 +51,78 @@ pub enum Command {
 
 /// Reply channel of a command.
 pub type ReplyTo = oneshot::Sender<Result<Applied, Error>>;
+
+/// A command as it travels to the node leading the instance's shard: the
+/// definition by name and version (each node loads its own copy).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub enum WireCommand {
+    /// [`Command::Start`].
+    Start {
+        /// Definition name.
+        definition: String,
+        /// Definition version.
+        version: u32,
+        /// Start input.
+        input: Json,
+        /// Parent, for a child workflow.
+        parent: Option<ParentLink>,
+    },
+    /// [`Command::Event`].
+    Event(EventKind),
+    /// [`Command::Report`].
+    Report(Vec<EventKind>),
+    /// [`Command::Recover`].
+    Recover,
+}
+
+impl From<Command> for WireCommand {
+    fn from(command: Command) -> Self {
+        match command {
+            Command::Start {
+                definition,
+                input,
+                parent,
+            } => WireCommand::Start {
+                definition: definition.name.clone(),
+                version: definition.version,
+                input,
+                parent,
+            },
+            Command::Event(kind) => WireCommand::Event(kind),
+            Command::Report(kinds) => WireCommand::Report(kinds),
+            Command::Recover => WireCommand::Recover,
+        }
+    }
+}
+
+impl WireCommand {
+    /// The command, with its definition loaded from `services`.
+    pub fn into_command(self, services: &crate::Services) -> Result<Command, Error> {
+        Ok(match self {
+            WireCommand::Start {
+                definition,
+                version,
+                input,
+                parent,
+            } => {
+                let found = services
+                    .definitions
+                    .get(&services.store, &definition, version)?;
+                let definition = found.ok_or_else(|| {
+                    Error::new(
+                        troupe_protocol::ErrorCode::DefinitionNotFound,
+                        format!("definition {definition} v{version} is not deployed on this node"),
+                    )
+                })?;
+                Command::Start {
+                    definition,
+                    input,
+                    parent,
+                }
+            }
+            WireCommand::Event(kind) => Command::Event(kind),
+            WireCommand::Report(kinds) => Command::Report(kinds),
+            WireCommand::Recover => Command::Recover,
+        })
+    }
+}

@@ -57,6 +57,8 @@ pub struct WorkflowState {
     last_active: Instant,
     /// What this actor costs, charged to the node's memory budget.
     charge: Charge,
+    /// A commit failed after the state changed in memory.
+    diverged: bool,
 }
 
 impl Actor for WorkflowActor {
@@ -77,6 +79,7 @@ impl Actor for WorkflowActor {
             persisted: Persisted::default(),
             last_active: Instant::now(),
             charge,
+            diverged: false,
         })
     }
 
@@ -111,7 +114,8 @@ impl Actor for WorkflowActor {
         match message {
             WorkflowMsg::Command(command, reply) => {
                 let result = execute(state, command).await;
-                let storage_failed = matches!(&result, Err(f) if f.code == ErrorCode::Internal);
+                let storage_failed =
+                    state.diverged || matches!(&result, Err(f) if f.code == ErrorCode::Internal);
                 if let Some(reply) = reply {
                     let _ = reply.send(result.clone());
                 }
@@ -308,7 +312,11 @@ async fn transition(state: &mut WorkflowState, kinds: Vec<EventKind>) -> Result<
     );
     let after = record.state.status;
     let started = std::time::Instant::now();
-    services.committer.append(built.batch).await?;
+    if let Err(e) = services.log.append(built.batch).await {
+        // Memory is ahead of what is durable: the actor restarts from storage.
+        state.diverged = true;
+        return Err(e);
+    }
     state.persisted = built.persisted;
     state.charge.resize(instance_bytes(built.persisted.size()));
     metrics::counter!(crate::metrics::JOURNAL_BYTES_TOTAL).increment(built.journal_bytes as u64);

@@ -18,6 +18,7 @@ mod effects;
 mod error;
 mod instance;
 mod live;
+mod log;
 pub mod metrics;
 pub mod queue;
 mod router;
@@ -30,10 +31,11 @@ mod timers;
 pub mod view;
 mod waiters;
 
-pub use command::{Applied, Command, ReplyTo};
+pub use command::{Applied, Command, ReplyTo, WireCommand};
 pub use definitions::DefinitionCache;
 pub use error::{Error, Result};
-pub use router::Router;
+pub use log::{Appending, ShardLog};
+pub use router::{Remote, RemoteReply, Router};
 pub use runtime::Runtime;
 pub use services::{Services, Settings};
 pub use stored::{

@@ -1,11 +1,15 @@
 //! [`Router`]: sends commands to the actor of the shard that owns an
-//! instance, refusing them while the shard is not active here.
+//! instance. In a cluster, a command for a shard led by another node goes
+//! there through the [`Remote`] hook (one hop); otherwise a shard that is
+//! not active here answers `unavailable`.
 
 use crate::shard::ShardMsg;
 use crate::{Applied, Command, Error};
 use ractor::ActorRef;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use troupe_protocol::{ErrorCode, shard_of};
@@ -13,10 +17,25 @@ use troupe_protocol::{ErrorCode, shard_of};
 /// The shard actors active on this node, by shard (`None`: not active).
 type Slots = Vec<Option<ActorRef<ShardMsg>>>;
 
+/// Longest a command waits for a shard without a leader to get one.
+const LEADER_WAIT: Duration = Duration::from_secs(2);
+
+/// A command's answer from another node.
+pub type RemoteReply = Pin<Box<dyn Future<Output = Result<Applied, Error>> + Send + 'static>>;
+
+/// Carries commands to the node leading a shard (set by a cluster node).
+pub trait Remote: Send + Sync + 'static {
+    /// Whether another node leads `shard` (so its commands go there).
+    fn leads_elsewhere(&self, shard: u32) -> bool;
+    /// Delivers `command` for instance `id` of `shard` on its leader.
+    fn deliver(&self, shard: u32, id: String, command: Command) -> RemoteReply;
+}
+
 /// Sends commands to the shard actor owning an instance.
 #[derive(Clone)]
 pub struct Router {
     slots: Arc<RwLock<Slots>>,
+    remote: Arc<OnceLock<Arc<dyn Remote>>>,
     /// Client commands sent to each shard and not yet answered.
     pending: Arc<Vec<AtomicUsize>>,
     max_pending: usize,
@@ -36,8 +55,37 @@ impl Router {
     pub(crate) fn new(shards: u32, max_pending: usize) -> Self {
         Self {
             slots: Arc::new(RwLock::new(vec![None; shards as usize])),
+            remote: Arc::default(),
             pending: Arc::new((0..shards).map(|_| AtomicUsize::new(0)).collect()),
             max_pending,
+        }
+    }
+
+    /// Sends commands for shards led elsewhere through `remote`.
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// The remote hook, when `shard` is not active here but led elsewhere.
+    fn remote_for(&self, shard: u32) -> Option<&Arc<dyn Remote>> {
+        self.remote
+            .get()
+            .filter(|remote| !self.is_active(shard) && remote.leads_elsewhere(shard))
+    }
+
+    /// In a cluster, waits a little while `shard` has no leader (an election
+    /// under way), so that a failover costs callers a short wait rather
+    /// than an error.
+    async fn await_leader(&self, shard: u32) {
+        let Some(remote) = self.remote.get() else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        while !self.is_active(shard)
+            && !remote.leads_elsewhere(shard)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -81,7 +129,17 @@ impl Router {
     /// active here is dropped: whoever activates the shard redoes what it
     /// stands for (timers, outbox).
     pub fn cast(&self, id: &str, command: Command) {
-        if let Some(shard) = self.actor(self.shard_of(id)) {
+        let index = self.shard_of(id);
+        if let Some(remote) = self.remote_for(index) {
+            let reply = remote.deliver(index, id.to_owned(), command);
+            tokio::spawn(async move {
+                if let Err(e) = reply.await {
+                    tracing::debug!(error = %e, "remote delivery failed");
+                }
+            });
+            return;
+        }
+        if let Some(shard) = self.actor(index) {
             let _ = shard.cast(ShardMsg::Deliver {
                 id: id.to_owned(),
                 command,
@@ -96,6 +154,16 @@ impl Router {
     /// they are always let through. A shard that is not active here
     /// answers `unavailable`.
     pub async fn call(&self, id: &str, command: Command) -> Result<Applied, Error> {
+        let index = self.shard_of(id);
+        self.await_leader(index).await;
+        if let Some(remote) = self.remote_for(index) {
+            return remote.deliver(index, id.to_owned(), command).await;
+        }
+        self.call_here(id, command).await
+    }
+
+    /// [`Router::call`] on this node only (a command another node forwarded).
+    pub async fn call_here(&self, id: &str, command: Command) -> Result<Applied, Error> {
         let index = self.shard_of(id);
         let pending = &self.pending[index as usize];
         let bounded = !matches!(command, Command::Report(_));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 use troupe_engine::engine::EventKind;
-use troupe_storage::{Committer, Store};
+use troupe_storage::Store;
 
 /// Applies deferred starts whose report has not come within the delay.
 async fn apply_deferred_starts(services: std::sync::Weak<Services>) {
@@ -56,7 +56,7 @@ impl Runtime {
     /// Starts the timer service and the task runner, with no shard active.
     pub fn new(
         store: Store,
-        committer: Committer,
+        log: Arc<dyn crate::ShardLog>,
         settings: Settings,
         handlers: TaskHandlers,
     ) -> Self {
@@ -64,7 +64,7 @@ impl Runtime {
         let router = Router::new(settings.shards, settings.max_pending_per_shard);
         let services = Arc::new_cyclic(|weak: &std::sync::Weak<Services>| Services {
             store: store.clone(),
-            committer,
+            log,
             definitions: DefinitionCache::default(),
             settings: settings.clone(),
             queues: queue::TaskQueues::new(budget.clone()),
@@ -86,11 +86,11 @@ impl Runtime {
     /// Starts a runtime that owns every shard (the single node).
     pub async fn start(
         store: Store,
-        committer: Committer,
+        log: Arc<dyn crate::ShardLog>,
         settings: Settings,
         handlers: TaskHandlers,
     ) -> crate::Result<Self> {
-        let runtime = Self::new(store, committer, settings, handlers);
+        let runtime = Self::new(store, log, settings, handlers);
         for shard in 0..runtime.services.settings.shards {
             runtime.activate(shard).await?;
         }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use troupe_engine::engine::{CANCELLED, ErrorInfo, EventKind};
 use troupe_protocol::ErrorCode;
-use troupe_storage::{Committer, Store};
+use troupe_storage::Store;
 
 /// Runtime settings taken from the config.
 #[derive(Debug, Clone)]
@@ -39,8 +39,8 @@ pub struct Settings {
 pub struct Services {
     /// Storage.
     pub store: Store,
-    /// Group commit.
-    pub committer: Committer,
+    /// Where transitions become durable (group commit or replication).
+    pub log: Arc<dyn crate::ShardLog>,
     /// Parsed definitions.
     pub definitions: DefinitionCache,
     /// Settings.

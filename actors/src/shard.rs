@@ -316,9 +316,14 @@ mod tests {
             max_queued_tasks: 100,
             history_retention: None,
         };
-        let runtime = Runtime::start(store, committer, settings, TaskHandlers::default())
-            .await
-            .unwrap();
+        let runtime = Runtime::start(
+            store,
+            Arc::new(committer),
+            settings,
+            TaskHandlers::default(),
+        )
+        .await
+        .unwrap();
         let services = runtime.services.clone();
         // A shard state of our own, beside the runtime's shard actor (which
         // receives the supervision events of the actors spawned here).

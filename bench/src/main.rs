@@ -52,6 +52,10 @@ struct RunArgs {
     /// HTTP base URL of that node (for its metrics).
     #[arg(long)]
     http: Option<String>,
+    /// Load a running cluster: its members' native addresses, comma
+    /// separated; connections and workers are spread over all of them.
+    #[arg(long, conflicts_with = "native", value_delimiter = ',')]
+    cluster: Vec<String>,
     /// Shards of the node this harness starts.
     #[arg(long, default_value_t = 16)]
     shards: u32,
@@ -267,19 +271,26 @@ async fn list_rare(client: &Client, http: &str) -> anyhow::Result<(f64, f64)> {
 
 /// Runs one scenario and returns its JSON result.
 async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
-    let mut target = match (&args.native, &args.http) {
-        (Some(native), Some(http)) => Target::remote(native.clone(), http.clone()),
+    let mut target = match (&args.native, &args.http, args.cluster.first()) {
+        (_, http, Some(first)) => Target::remote(first.clone(), http.clone().unwrap_or_default()),
+        (Some(native), Some(http), None) => Target::remote(native.clone(), http.clone()),
         _ => Target::spawn(args.shards, "")?,
     };
     let scenario = args.scenario;
+    let members = if args.cluster.is_empty() {
+        vec![target.native.clone()]
+    } else {
+        args.cluster.clone()
+    };
     let mut clients = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        clients.push(Client::connect(target.native.clone()).await?);
+    for n in 0..args.connections.max(members.len()) {
+        clients.push(Client::connect(members[n % members.len()].clone()).await?);
     }
     clients[0].deploy(&scenario.definition()).await?;
     if let Some(task_type) = scenario.worker_task() {
-        for w in 0..2 {
-            let worker = Worker::new(&clients[0], &format!("bench-{w}"))
+        // Two workers per node: a node hands out the tasks of the shards it leads.
+        for w in 0..2 * members.len() {
+            let worker = Worker::new(&clients[w % members.len()], &format!("bench-{w}"))
                 .concurrency(512)
                 .handle(task_type, |task| async move { Ok(task.input) });
             tokio::spawn(worker.run());

@@ -174,6 +174,7 @@ fn args(scenario: Scenario, concurrency: Option<usize>, rate: Option<f64>, quick
         count: None,
         native: None,
         http: None,
+        cluster: Vec::new(),
         shards: 16,
         connections: 4,
         out: None,

@@ -378,7 +378,7 @@ impl Remote {
         Ok(())
     }
 
-    /// `troupe cluster`.
+    /// `troupe cluster`: nodes, then which node leads each shard.
     pub async fn cluster(&self) -> anyhow::Result<()> {
         let v = self.call(reqwest::Method::GET, "/v1/cluster", None).await?;
         self.print(&v, |v| {
@@ -387,14 +387,44 @@ impl Remote {
                 .into_iter()
                 .flatten()
                 .map(|n| {
+                    let state = if n["state"].is_null() {
+                        &n["status"]
+                    } else {
+                        &n["state"]
+                    };
                     vec![
                         n["id"].to_string(),
-                        text(&n["status"]),
-                        n["shards"].to_string(),
+                        text(state),
+                        text(&n["http_addr"]),
+                        text(&n["native_addr"]),
+                        text(&n["leads"]),
                     ]
                 })
                 .collect();
-            table(&["NODE", "STATUS", "SHARDS"], &rows);
+            table(&["NODE", "STATE", "HTTP", "NATIVE", "LEADS"], &rows);
+            let shards: Vec<Vec<String>> = v["shards"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    let replicas: Vec<String> = s["replicas"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|r| r.to_string())
+                        .collect();
+                    vec![
+                        s["id"].to_string(),
+                        text(&s["leader"]),
+                        replicas.join(","),
+                        s["term"].to_string(),
+                    ]
+                })
+                .collect();
+            if !shards.is_empty() {
+                println!();
+                table(&["SHARD", "LEADER", "REPLICAS", "TERM"], &shards);
+            }
         });
         Ok(())
     }

@@ -30,6 +30,12 @@ impl ApiError {
             details: Json::Null,
         }
     }
+
+    /// The same error with structured details.
+    pub fn with_details(mut self, details: Json) -> Self {
+        self.details = details;
+        self
+    }
 }
 
 impl ApiError {
@@ -611,10 +617,18 @@ pub async fn settle_incident(rt: &Runtime, incident_id: &str, retry: bool) -> Re
     }
 }
 
-/// The cluster as this node sees it.
+/// The cluster as this node sees it: a single node leads every shard.
 pub fn cluster(rt: &Runtime, node_id: u64) -> Json {
     let shards = rt.services.settings.shards;
-    json!({"nodes": [{"id": node_id, "status": "up", "shards": shards}], "shards": shards})
+    let list: Vec<Json> = (0..shards)
+        .map(|id| json!({"id": id, "leader": node_id, "replicas": [node_id], "term": 0}))
+        .collect();
+    json!({
+        "node": node_id,
+        "replication_factor": 1,
+        "nodes": [{"id": node_id, "state": "active", "leads": shards, "this": true}],
+        "shards": list,
+    })
 }
 
 /// An instance's view once it has ended, waiting up to `wait` for that; the

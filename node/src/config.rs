@@ -13,13 +13,17 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Config {
-    /// This node's id, unique in its cluster.
+    /// This node's id, unique in its cluster (a cluster config leaves it
+    /// to `--node-id`).
+    #[serde(default)]
     pub node_id: u64,
-    /// Where RocksDB keeps its files.
+    /// Where RocksDB keeps its files (`{node-id}` is replaced by the node id).
     pub data_dir: PathBuf,
-    /// HTTP/JSON API listener.
+    /// HTTP/JSON API listener (in a cluster: the member's, by default).
+    #[serde(default = "defaults::http_addr")]
     pub http_addr: SocketAddr,
-    /// Native protocol listener.
+    /// Native protocol listener (in a cluster: the member's, by default).
+    #[serde(default = "defaults::native_addr")]
     pub native_addr: SocketAddr,
     /// Number of shards instances are spread over; fixed for the data dir's life.
     #[serde(default = "defaults::shards")]
@@ -36,6 +40,62 @@ pub struct Config {
     /// Definition files deployed at start (YAML or JSON).
     #[serde(default)]
     pub deploy: Vec<PathBuf>,
+    /// Replicated cluster (absent: one node owning every shard, no replication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSection>,
+}
+
+/// A replicated cluster: its members and how shards are replicated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Every member; a node finds its own addresses here by `node-id`.
+    pub members: Vec<Member>,
+    /// Replicas per shard (at most the member count).
+    #[serde(default = "defaults::replication_factor")]
+    pub replication_factor: usize,
+    /// Election timeout, lower bound (a random timeout in the range is drawn).
+    #[serde(
+        default = "defaults::election_timeout_min",
+        with = "crate::duration_serde"
+    )]
+    pub election_timeout_min: Duration,
+    /// Election timeout, upper bound.
+    #[serde(
+        default = "defaults::election_timeout_max",
+        with = "crate::duration_serde"
+    )]
+    pub election_timeout_max: Duration,
+    /// Leader heartbeat interval (skipped while appends flow).
+    #[serde(
+        default = "defaults::heartbeat_interval",
+        with = "crate::duration_serde"
+    )]
+    pub heartbeat_interval: Duration,
+    /// Log entries after which a shard's group snapshots and purges its log.
+    #[serde(default = "defaults::snapshot_after")]
+    pub snapshot_after_entries: u64,
+}
+
+/// One cluster member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Member {
+    /// Node id.
+    pub id: u64,
+    /// Its HTTP/JSON API.
+    pub http_addr: SocketAddr,
+    /// Its native protocol listener.
+    pub native_addr: SocketAddr,
+    /// Its Raft transport listener.
+    pub raft_addr: SocketAddr,
+}
+
+impl ClusterSection {
+    /// The member with `id`.
+    pub fn member(&self, id: u64) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
 }
 
 /// Storage settings.
@@ -130,8 +190,32 @@ impl Default for EngineConfig {
 }
 
 mod defaults {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
     pub fn shards() -> u32 {
         16
+    }
+    pub fn replication_factor() -> usize {
+        3
+    }
+    pub fn election_timeout_min() -> Duration {
+        Duration::from_millis(300)
+    }
+    pub fn election_timeout_max() -> Duration {
+        Duration::from_millis(600)
+    }
+    pub fn heartbeat_interval() -> Duration {
+        Duration::from_millis(100)
+    }
+    pub fn snapshot_after() -> u64 {
+        10_000
+    }
+    pub fn http_addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+    pub fn native_addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 7070))
     }
 }
 
@@ -194,6 +278,24 @@ impl Config {
         config.deploy = config.deploy.iter().map(|p| rebase(p)).collect();
         if overrides.data_dir.is_none() {
             config.data_dir = rebase(&config.data_dir);
+        }
+        let node_id = config.node_id.to_string();
+        let data_dir = config
+            .data_dir
+            .to_string_lossy()
+            .replace("{node-id}", &node_id);
+        config.data_dir = PathBuf::from(data_dir);
+        if let Some(member) = config
+            .cluster
+            .as_ref()
+            .and_then(|c| c.member(config.node_id))
+        {
+            if overrides.http_addr.is_none() {
+                config.http_addr = member.http_addr;
+            }
+            if overrides.native_addr.is_none() {
+                config.native_addr = member.native_addr;
+            }
         }
         config.validate()?;
         Ok(config)
@@ -259,6 +361,40 @@ impl Config {
         }
         if self.engine.restart_budget == 0 {
             return invalid("engine.restart-budget", "must be >= 1");
+        }
+        if let Some(cluster) = &self.cluster {
+            if cluster.member(self.node_id).is_none() {
+                return invalid(
+                    "node-id",
+                    &format!(
+                        "node {} is not among cluster.members; start it with --node-id N",
+                        self.node_id
+                    ),
+                );
+            }
+            let mut ids: Vec<u64> = cluster.members.iter().map(|m| m.id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() != cluster.members.len() || ids.contains(&0) {
+                return invalid("cluster.members", "ids must be unique and >= 1");
+            }
+            if !(1..=cluster.members.len()).contains(&cluster.replication_factor) {
+                return invalid(
+                    "cluster.replication-factor",
+                    "must be between 1 and the member count",
+                );
+            }
+            if cluster.election_timeout_min >= cluster.election_timeout_max
+                || cluster.heartbeat_interval * 2 > cluster.election_timeout_min
+            {
+                return invalid(
+                    "cluster.election-timeout-min",
+                    "must be below election-timeout-max and at least two heartbeat intervals",
+                );
+            }
+            if cluster.snapshot_after_entries == 0 {
+                return invalid("cluster.snapshot-after-entries", "must be >= 1");
+            }
         }
         Ok(())
     }

@@ -28,6 +28,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Node id, for `/v1/cluster`.
     pub node_id: u64,
+    /// The other members (a cluster node only).
+    pub peers: Option<Arc<crate::cluster::Peers>>,
 }
 
 impl IntoResponse for ApiError {
@@ -107,13 +109,73 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/tasks/{token}/fail", post(fail_task))
         .route("/v1/tasks/{token}/heartbeat", post(heartbeat_task))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/digests", get(digests))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_on_leader,
+        ))
         .layer(axum::middleware::from_fn(count_request))
         .with_state(state)
+}
+
+/// In a cluster, reads of an instance (`GET /v1/workflows/{id}[/...]`) are
+/// answered by the leader of its shard, where its state is current and its
+/// end is awaited: proxied there in one hop. Commands need no proxy: the
+/// router carries them to the leader.
+async fn read_on_leader(
+    State(s): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let leader = match (&s.peers, request.method()) {
+        (Some(peers), &axum::http::Method::GET)
+            if !request.headers().contains_key(crate::cluster::FORWARDED) =>
+        {
+            instance_in_path(request.uri().path())
+                .and_then(|id| peers.leader_elsewhere(s.runtime.router().shard_of(&id)))
+                .map(|leader| (peers.clone(), leader))
+        }
+        _ => None,
+    };
+    let Some((peers, leader)) = leader else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_owned(),
+        |p| p.as_str().to_owned(),
+    );
+    match peers
+        .proxy(leader, reqwest::Method::GET, &path, None, Bytes::new())
+        .await
+    {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The instance id of `/v1/workflows/{id}[/...]`, percent-decoded.
+fn instance_in_path(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/v1/workflows/")?;
+    let raw = rest.split('/').next().filter(|id| !id.is_empty())?;
+    let mut out = Vec::with_capacity(raw.len());
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Counts each request by route (its pattern, never the ids in it) and
@@ -141,6 +203,9 @@ async fn deploy(State(s): State<AppState>, bytes: Result<Bytes, BytesRejection>)
     let source = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "body is not UTF-8"))?;
     let (created, record) = api::deploy(&s.runtime, source).await?;
+    if let Some(peers) = &s.peers {
+        peers.deploy_everywhere(source).await;
+    }
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -451,7 +516,24 @@ async fn heartbeat_task(
 }
 
 async fn cluster(State(s): State<AppState>) -> Reply {
-    ok(StatusCode::OK, api::cluster(&s.runtime, s.node_id))
+    let status = match &s.peers {
+        Some(peers) => peers.status(&s.runtime),
+        None => api::cluster(&s.runtime, s.node_id),
+    };
+    ok(StatusCode::OK, status)
+}
+
+/// A digest of each shard's state on this node, to compare replicas.
+async fn digests(State(s): State<AppState>) -> Reply {
+    let store = s.runtime.services.store.clone();
+    let digests = tokio::task::spawn_blocking(move || {
+        (0..store.shards())
+            .map(|shard| store.shard_digest(shard).map(|d| format!("{d:016x}")))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??;
+    ok(StatusCode::OK, json!({ "shards": digests }))
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

@@ -8,6 +8,7 @@
 //! effects; this crate only wires and serves them.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 mod duration_serde;
 pub mod http;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::oneshot;
 use troupe_actors::Settings;
+use troupe_cluster::LinkFilter;
 use troupe_storage::{Committer, Store, StoreOptions};
 
 /// A running node.
@@ -31,6 +33,7 @@ pub struct Node {
     runtime: Runtime,
     http_addr: SocketAddr,
     native_addr: SocketAddr,
+    peers: Option<Arc<cluster::Peers>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
     native: tokio::task::JoinHandle<()>,
@@ -44,6 +47,15 @@ impl Node {
 
     /// Starts a node that also runs `handlers` in-process.
     pub async fn start_with(config: Config, handlers: TaskHandlers) -> anyhow::Result<Self> {
+        Self::start_linked(config, handlers, LinkFilter::default()).await
+    }
+
+    /// Starts a node whose cluster links pass through `links` (partition tests).
+    pub async fn start_linked(
+        config: Config,
+        handlers: TaskHandlers,
+        links: LinkFilter,
+    ) -> anyhow::Result<Self> {
         config.validate()?;
         let metrics = metrics::install();
         std::fs::create_dir_all(&config.data_dir)
@@ -54,8 +66,6 @@ impl Node {
             block_cache_bytes: config.storage.block_cache_mb << 20,
         };
         let store = Store::open(&config.data_dir, options)?;
-        let committer =
-            Committer::start(store.clone(), config.storage.sync, config.storage.max_batch);
         let settings = Settings {
             shards: config.shards,
             passivate_after: config.engine.passivate_after,
@@ -66,7 +76,26 @@ impl Node {
             max_queued_tasks: config.limits.max_queued_tasks,
             history_retention: config.storage.history_retention_events,
         };
-        let runtime = Runtime::start(store, committer, settings, handlers).await?;
+        let (runtime, peers) = match &config.cluster {
+            None => {
+                let sync = config.storage.sync;
+                let committer = Committer::start(store.clone(), sync, config.storage.max_batch);
+                let runtime =
+                    Runtime::start(store, Arc::new(committer), settings, handlers).await?;
+                (runtime, None)
+            }
+            Some(section) => {
+                let (raft, leadership) =
+                    cluster::start(&config, section, store.clone(), links).await?;
+                let log = Arc::new(cluster::ReplicatedLog(raft.clone()));
+                let runtime = Runtime::new(store, log, settings, handlers);
+                let peers = cluster::Peers::new(raft, section.clone(), config.node_id);
+                let remote = Arc::new(cluster::PeerRemote(peers.clone()));
+                runtime.router().set_remote(remote);
+                tokio::spawn(cluster::follow_leadership(runtime.clone(), leadership));
+                (runtime, Some(peers))
+            }
+        };
         for file in &config.deploy {
             let source = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
@@ -80,6 +109,7 @@ impl Node {
             metrics,
             ready: ready.clone(),
             node_id: config.node_id,
+            peers: peers.clone(),
         };
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
@@ -94,6 +124,7 @@ impl Node {
             node_id: config.node_id,
             max_frame: config.limits.max_frame_bytes,
             max_inflight: config.limits.max_inflight_per_connection,
+            peers: peers.clone(),
         };
         let (shutdown, stop) = oneshot::channel::<()>();
         let (native_shutdown, native_stop) = tokio::sync::watch::channel(false);
@@ -120,6 +151,7 @@ impl Node {
             runtime,
             http_addr,
             native_addr,
+            peers,
             shutdown: Some(shutdown),
             server,
             native,
@@ -149,5 +181,13 @@ impl Node {
         let _ = (&mut self.server).await;
         let _ = (&mut self.native).await;
         self.runtime.stop().await;
+        if let Some(peers) = &self.peers {
+            peers.cluster().shutdown().await;
+        }
+    }
+
+    /// The cluster's peers (a cluster node only).
+    pub fn peers(&self) -> Option<&Arc<cluster::Peers>> {
+        self.peers.as_ref()
     }
 }

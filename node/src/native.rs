@@ -37,6 +37,8 @@ pub struct NativeState {
     pub max_frame: usize,
     /// Requests in flight per connection.
     pub max_inflight: usize,
+    /// The other members (a cluster node only).
+    pub peers: Option<std::sync::Arc<crate::cluster::Peers>>,
 }
 
 /// Accepts connections until `stop` resolves.
@@ -265,9 +267,26 @@ fn limit(page: &Page) -> Option<usize> {
 /// Runs one request through the same operations as the HTTP listener.
 async fn handle(state: &NativeState, request: Request) -> api::Result<Response> {
     let rt = &state.runtime;
+    if let Some(peers) = &state.peers
+        && let Some((leader, path)) = read_elsewhere(state, peers, &request)
+    {
+        let response = peers
+            .proxy(
+                leader,
+                reqwest::Method::GET,
+                &path,
+                None,
+                Default::default(),
+            )
+            .await?;
+        return proxied_json(response).await;
+    }
     match request {
         Request::Deploy { source } => {
             let (created, record) = api::deploy(rt, &source).await?;
+            if let Some(peers) = &state.peers {
+                peers.deploy_everywhere(&source).await;
+            }
             let mut view = api::definition_summary(&record);
             view["created"] = Json::Bool(created);
             json(view)
@@ -350,7 +369,25 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
             json(api::incidents(rt, page.cursor.as_deref(), limit(&page)).await?)
         }
         Request::SettleIncident { id, retry } => json(api::settle_incident(rt, &id, retry).await?),
-        Request::Cluster => json(api::cluster(rt, state.node_id)),
+        Request::Cluster => match &state.peers {
+            Some(peers) => json(peers.status(rt)),
+            None => json(api::cluster(rt, state.node_id)),
+        },
+        Request::Deliver { id, command } => {
+            let command: troupe_actors::WireCommand = serde_json::from_str(&command)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+            let command = command.into_command(&rt.services)?;
+            let applied = rt.router().call_here(&id, command).await?;
+            let text = serde_json::to_string(&applied)
+                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+            Ok(Response::Json(text))
+        }
+        Request::DeployHere { source } => {
+            let (created, record) = api::deploy(rt, &source).await?;
+            let mut view = api::definition_summary(&record);
+            view["created"] = Json::Bool(created);
+            json(view)
+        }
         Request::Poll(poll) => {
             let wait = Duration::from_millis(poll.wait_ms);
             let tasks = workers::poll(rt, poll.task_types, poll.max, wait).await?;
@@ -385,4 +422,75 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
             "stream requests are handled by the connection",
         )),
     }
+}
+
+/// A read of an instance whose shard another node leads: that node and the
+/// HTTP path that answers it there.
+fn read_elsewhere(
+    state: &NativeState,
+    peers: &crate::cluster::Peers,
+    request: &Request,
+) -> Option<(u64, String)> {
+    let page_query = |page: &Page| {
+        let mut query = Vec::new();
+        if let Some(cursor) = &page.cursor {
+            query.push(format!("cursor={}", encode_component(cursor)));
+        }
+        if let Some(limit) = page.limit {
+            query.push(format!("limit={limit}"));
+        }
+        if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.join("&"))
+        }
+    };
+    let (id, tail) = match request {
+        Request::Workflow { id } => (id, String::new()),
+        Request::History { id, page } => (id, format!("/history{}", page_query(page))),
+        Request::Steps { id, page } => (id, format!("/steps{}", page_query(page))),
+        Request::AwaitWorkflow { id, wait_ms } => (id, format!("/result?wait_ms={wait_ms}")),
+        _ => return None,
+    };
+    let leader = peers.leader_elsewhere(state.runtime.router().shard_of(id))?;
+    Some((
+        leader,
+        format!("/v1/workflows/{}{tail}", encode_component(id)),
+    ))
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn encode_component(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// A proxied HTTP answer as a native one.
+async fn proxied_json(response: axum::response::Response) -> api::Result<Response> {
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
+    let value: Json = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("leader answered non-JSON: {e}"),
+        )
+    })?;
+    if status.is_success() {
+        return Ok(Response::Json(value.to_string()));
+    }
+    let code = value["code"]
+        .as_str()
+        .and_then(ErrorCode::parse)
+        .unwrap_or(ErrorCode::Internal);
+    let message = value["message"].as_str().unwrap_or_default().to_owned();
+    Err(ApiError::new(code, message).with_details(value["details"].clone()))
 }

@@ -181,15 +181,33 @@ fn every_ready_made_topology_loads() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let config = troupe_node::Config::load(&path, &Default::default())
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            for file in &config.deploy {
+            // A cluster's file serves every member, chosen by `--node-id`.
+            let text = std::fs::read_to_string(&path).unwrap();
+            let ids: Vec<u64> = if text.contains("[cluster]") {
+                vec![1, 2, 3]
+            } else {
+                vec![0]
+            };
+            let mut data_dirs = std::collections::HashSet::new();
+            for id in ids {
+                let overrides = troupe_node::Overrides {
+                    node_id: (id > 0).then_some(id),
+                    ..Default::default()
+                };
+                let config = troupe_node::Config::load(&path, &overrides)
+                    .unwrap_or_else(|e| panic!("{} (node {id}): {e}", path.display()));
                 assert!(
-                    file.exists(),
-                    "{} deploys missing {}",
-                    path.display(),
-                    file.display()
+                    data_dirs.insert(config.data_dir.clone()),
+                    "members share a data dir"
                 );
+                for file in &config.deploy {
+                    assert!(
+                        file.exists(),
+                        "{} deploys missing {}",
+                        path.display(),
+                        file.display()
+                    );
+                }
             }
             seen += 1;
         }

@@ -129,6 +129,21 @@ pub enum Request {
     },
     /// `GET /v1/cluster`.
     Cluster,
+    /// Node to node: a command for an instance of a shard the receiver
+    /// leads, as JSON (`troupe_actors::WireCommand`); answered with the
+    /// command's outcome as JSON.
+    Deliver {
+        /// Instance id.
+        id: String,
+        /// The command.
+        command: JsonText,
+    },
+    /// Node to node: deploy a definition on the receiver only (a deploy
+    /// made on another node of the cluster).
+    DeployHere {
+        /// The document.
+        source: String,
+    },
     /// `POST /v1/tasks/poll`: answered with [`Response::Tasks`] (maybe empty).
     Poll(PollTasks),
     /// Opens a task stream: the node pushes [`Response::Tasks`] frames with

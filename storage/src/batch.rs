@@ -258,6 +258,12 @@ impl ShardBatch {
     }
 }
 
+impl std::fmt::Display for ShardBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "shard {}: {} writes", self.shard, self.ops.len())
+    }
+}
+
 /// The id of the human task of `instance` at `path` on `shard`.
 pub fn human_task_id(shard: u32, instance: &str, path: &str) -> String {
     keys::short_id("human", shard, instance, path)

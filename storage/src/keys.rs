@@ -85,13 +85,34 @@ pub const DEFINITIONS: &str = "definitions";
 pub const EVENTS_SEEN: &str = "events_seen";
 /// Node metadata: `key` → value (`shards`, `format`).
 pub const META: &str = "meta";
+/// Replication log of every group: `group u32 | index u64` → entry.
+pub const RAFT_LOG: &str = "raft_log";
+/// Per-group replication state: `group u32 | name` → value (vote, last
+/// purged, applied, membership).
+pub const RAFT_STATE: &str = "raft_state";
 
 /// Every column family.
 pub fn all_cfs() -> impl Iterator<Item = &'static str> {
     Table::ALL
         .iter()
         .map(|t| t.cf())
-        .chain([DEFINITIONS, EVENTS_SEEN, META])
+        .chain([DEFINITIONS, EVENTS_SEEN, META, RAFT_LOG, RAFT_STATE])
+}
+
+/// Key of entry `index` of `group`'s replication log.
+pub fn raft_log(group: u32, index: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(12);
+    key.extend_from_slice(&group.to_be_bytes());
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// Key of `group`'s replication state value `name`.
+pub fn raft_state(group: u32, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + name.len());
+    key.extend_from_slice(&group.to_be_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key
 }
 
 /// The first key of `shard` in any shard-scoped table.

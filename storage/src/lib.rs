@@ -11,6 +11,9 @@
 //! - [`Committer`]: group commit: batches of many shards share one write
 //!   and one fsync, and callers wait until theirs is durable.
 //!
+//! - [`WalSyncer`] and the `log_*` methods: the replication log of every
+//!   Raft group, sharing the node's WAL and its fsyncs.
+//!
 //! Every per-instance key starts with the shard, so a shard is one
 //! contiguous range in each column family. The layout is in `keys.rs` and
 //! `docs/storage.md`.
@@ -22,6 +25,7 @@ mod error;
 mod keys;
 mod list;
 pub mod metrics;
+mod raft_log;
 mod records;
 mod shard_io;
 mod store;
@@ -30,6 +34,7 @@ pub use batch::{Indexed, ShardBatch, human_task_id, incident_id};
 pub use commit::Committer;
 pub use error::{Error, Result};
 pub use list::{ListOrder, ListQuery, Page};
+pub use raft_log::{Flushed, StateValue, WalSyncer};
 pub use records::*;
 pub use shard_io::ShardEntry;
 pub use store::{FORMAT, Store, StoreOptions};

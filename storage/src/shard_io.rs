@@ -61,8 +61,25 @@ impl Store {
     /// Writes exported entries of `shard` (synced). Entries of another
     /// shard are refused, so an import cannot touch what it does not own.
     pub fn import_shard(&self, shard: u32, entries: Vec<ShardEntry>) -> Result<()> {
-        let start = keys::shard_start(shard);
         let mut batch = rocksdb::WriteBatch::default();
+        self.import_into(shard, entries, &mut batch)?;
+        self.write_synced(batch)
+    }
+
+    /// Deletes everything of `shard` in every table (synced).
+    pub fn delete_shard(&self, shard: u32) -> Result<()> {
+        let mut batch = rocksdb::WriteBatch::default();
+        self.delete_shard_into(shard, &mut batch);
+        self.write_synced(batch)
+    }
+
+    pub(crate) fn import_into(
+        &self,
+        shard: u32,
+        entries: Vec<ShardEntry>,
+        batch: &mut rocksdb::WriteBatch,
+    ) -> Result<()> {
+        let start = keys::shard_start(shard);
         for entry in entries {
             if !entry.key.starts_with(&start) {
                 return Err(Error::Import(format!(
@@ -72,21 +89,14 @@ impl Store {
             }
             batch.put_cf(self.cf(entry.table.cf()), entry.key, entry.value);
         }
-        let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(true);
-        Ok(self.db.write_opt(batch, &options)?)
+        Ok(())
     }
 
-    /// Deletes everything of `shard` in every table (synced).
-    pub fn delete_shard(&self, shard: u32) -> Result<()> {
+    pub(crate) fn delete_shard_into(&self, shard: u32, batch: &mut rocksdb::WriteBatch) {
         let (start, end) = (keys::shard_start(shard), keys::shard_end(shard));
-        let mut batch = rocksdb::WriteBatch::default();
         for table in Table::ALL {
             batch.delete_range_cf(self.cf(table.cf()), &start, &end);
         }
-        let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(true);
-        Ok(self.db.write_opt(batch, &options)?)
     }
 
     /// A digest of a shard's state (every key and value of every table),

@@ -203,7 +203,7 @@ impl Store {
             .collect())
     }
 
-    fn write_synced(&self, batch: rocksdb::WriteBatch) -> Result<()> {
+    pub(crate) fn write_synced(&self, batch: rocksdb::WriteBatch) -> Result<()> {
         let mut options = rocksdb::WriteOptions::default();
         options.set_sync(true);
         Ok(self.db.write_opt(batch, &options)?)

@@ -60,6 +60,11 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `troupe-node --config config` and waits for its addresses.
     pub fn spawn(config: &Path, log: &Path) -> Self {
+        Self::spawn_with(config, log, &[])
+    }
+
+    /// [`NodeProcess::spawn`] with more flags (`--node-id N`).
+    pub fn spawn_with(config: &Path, log: &Path, args: &[&str]) -> Self {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
         let log = std::fs::OpenOptions::new()
@@ -69,6 +74,7 @@ impl NodeProcess {
             .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_troupe-node"))
             .args(["--config", config.to_str().unwrap()])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -125,7 +131,7 @@ pub struct TestNode {
 /// so that a flake leaves its story behind. `RUST_LOG` overrides the level.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_test_writer()
@@ -227,11 +233,39 @@ impl Api {
         body
     }
 
-    /// Waits until the instance's status is `status`; returns its view.
+    /// Starts an instance, retrying `unavailable` answers (a cluster
+    /// electing a leader) for a bounded time as a client would; returns
+    /// whether it was acknowledged.
+    pub async fn start_retrying(&self, definition: &str, id: &str, input: Value) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let body = json!({"definition": definition, "id": id, "input": input}).to_string();
+        while Instant::now() < deadline {
+            let sent = self
+                .client
+                .post(format!("{}/v1/workflows", self.base))
+                .body(body.clone())
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            if let Ok(response) = sent {
+                match response.status().as_u16() {
+                    200 | 201 => return true,
+                    503 => {}
+                    other => panic!("start {id}: {other} {}", response.text().await.unwrap()),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Waits until the instance's status is `status` (retrying
+    /// `unavailable` answers); returns its view.
     pub async fn wait_status(&self, id: &str, status: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let view = self.workflow(id).await;
+            let (code, view) = self.get(&format!("/v1/workflows/{}", encode(id))).await;
+            assert!(code == 200 || code == 503, "get {id}: {code} {view}");
             if view["status"] == status {
                 return view;
             }

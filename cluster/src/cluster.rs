@@ -1,0 +1,443 @@
+//! [`Cluster`]: the Raft groups of the shards this node replicates, their
+//! transport, proposals, and the leadership events that activate shards.
+
+use crate::log_store::LogStore;
+use crate::network::Network;
+use crate::state_machine::ShardMachine;
+use crate::transport::{LinkFilter, Transport};
+use crate::types::{GroupId, NodeId, Raft, TypeConfig};
+use openraft::async_runtime::WatchReceiver;
+use openraft::impls::{BasicNode, ProgressResponder};
+use openraft::{Config, ServerState};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use troupe_storage::{ShardBatch, Store, WalSyncer};
+
+/// How the cluster is laid out and timed.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node.
+    pub node_id: NodeId,
+    /// Every member's Raft address, by id.
+    pub members: BTreeMap<NodeId, SocketAddr>,
+    /// Shard count.
+    pub shards: u32,
+    /// Replicas per shard.
+    pub replication_factor: usize,
+    /// Election timeout range, ms.
+    pub election_timeout_ms: (u64, u64),
+    /// Heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// Log entries after which a group snapshots and purges its log.
+    pub snapshot_after: u64,
+    /// fsync log appends before acknowledging them.
+    pub sync: bool,
+}
+
+impl ClusterConfig {
+    /// The nodes holding `shard`'s replicas: `replication_factor` members
+    /// in id order, starting at the shard's position (spreads leaders).
+    pub fn replicas(&self, shard: GroupId) -> Vec<NodeId> {
+        let ids: Vec<NodeId> = self.members.keys().copied().collect();
+        let count = self.replication_factor.min(ids.len());
+        (0..count)
+            .map(|k| ids[(shard as usize + k) % ids.len()])
+            .collect()
+    }
+}
+
+/// A change of this node's leadership of a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leadership {
+    /// This node leads `shard` in `term` and has applied the term's first
+    /// entry: its state is complete, activate the shard.
+    Gained {
+        /// Shard.
+        shard: GroupId,
+        /// Term.
+        term: u64,
+    },
+    /// This node no longer leads `shard`: stop its actors at once.
+    Lost {
+        /// Shard.
+        shard: GroupId,
+    },
+}
+
+/// Why a proposal was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// This node does not lead the shard (any more); `leader` may.
+    #[error("node does not lead shard {shard} (leader: {leader:?})")]
+    NotLeader {
+        /// Shard.
+        shard: GroupId,
+        /// The leader, when known.
+        leader: Option<NodeId>,
+    },
+    /// The group failed (storage or shutdown).
+    #[error("replication of shard {shard} failed: {message}")]
+    Failed {
+        /// Shard.
+        shard: GroupId,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// How long a proposal waits for a quorum before it is answered
+/// `unavailable` (the actor then reloads what is durable).
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One shard's group on this node.
+struct Group {
+    raft: Raft,
+    /// The leader id of the term this node leads in, once its state is complete.
+    leading: RwLock<Option<openraft::alias::CommittedLeaderIdOf<TypeConfig>>>,
+}
+
+/// A shard's replication state, for `/v1/cluster`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardStatus {
+    /// Shard.
+    pub id: GroupId,
+    /// Leader, when known.
+    pub leader: Option<NodeId>,
+    /// Voting replicas.
+    pub replicas: Vec<NodeId>,
+    /// Current term as this node sees it.
+    pub term: u64,
+    /// Last log index applied here.
+    pub applied: Option<u64>,
+    /// This node's role.
+    pub role: String,
+}
+
+/// The Raft groups of this node.
+pub struct Cluster {
+    config: ClusterConfig,
+    transport: Arc<Transport>,
+    groups: HashMap<GroupId, Group>,
+    /// Raft and the transport run here, apart from the actors, so that
+    /// actor load cannot starve heartbeats into elections.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Cluster {
+    /// Starts the groups of every shard this node replicates, listening for
+    /// peers on `listen`. Leadership changes arrive on the returned channel.
+    pub async fn start(
+        store: Store,
+        config: ClusterConfig,
+        listen: SocketAddr,
+        filter: LinkFilter,
+    ) -> std::io::Result<(Arc<Self>, mpsc::UnboundedReceiver<Leadership>)> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("troupe-raft")
+            .enable_all()
+            .build()?;
+        let peers: HashMap<NodeId, SocketAddr> = config
+            .members
+            .iter()
+            .filter(|(id, _)| **id != config.node_id)
+            .map(|(id, addr)| (*id, *addr))
+            .collect();
+        let transport = Transport::new(config.node_id, peers, filter);
+        let listener = runtime
+            .spawn(async move { tokio::net::TcpListener::bind(listen).await })
+            .await
+            .map_err(std::io::Error::other)??;
+        runtime.spawn(transport.clone().serve(listener));
+        let syncer = WalSyncer::start(store.clone(), config.sync);
+        let (events, leadership) = mpsc::unbounded_channel();
+        let mut groups = HashMap::new();
+        for shard in 0..config.shards {
+            let replicas = config.replicas(shard);
+            if !replicas.contains(&config.node_id) {
+                continue;
+            }
+            let raft = runtime
+                .spawn(new_group(
+                    config.clone(),
+                    shard,
+                    store.clone(),
+                    syncer.clone(),
+                    transport.clone(),
+                ))
+                .await
+                .map_err(std::io::Error::other)??;
+            transport.serve_group(shard, raft.clone());
+            groups.insert(
+                shard,
+                Group {
+                    raft,
+                    leading: RwLock::new(None),
+                },
+            );
+        }
+        let cluster = Arc::new(Self {
+            config,
+            transport,
+            groups,
+            runtime: Some(runtime),
+        });
+        for (&shard, group) in &cluster.groups {
+            let lease = Duration::from_millis(cluster.config.election_timeout_ms.0);
+            let watch = watch_leadership(
+                Arc::downgrade(&cluster),
+                shard,
+                group.raft.clone(),
+                lease,
+                events.clone(),
+            );
+            cluster.runtime().spawn(watch);
+        }
+        Ok((cluster, leadership))
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("running")
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The transport's link filter (partition tests).
+    pub fn links(&self) -> &LinkFilter {
+        &self.transport.filter
+    }
+
+    /// Commits `batch` to `shard`'s group as its current leader, returning
+    /// once a quorum holds it and it is applied here.
+    pub async fn propose(&self, batch: ShardBatch) -> Result<(), ProposeError> {
+        let shard = batch.shard();
+        let group = self.groups.get(&shard).ok_or(ProposeError::NotLeader {
+            shard,
+            leader: None,
+        })?;
+        let not_leader = || {
+            metrics::counter!(crate::metrics::NOT_LEADER_TOTAL).increment(1);
+            ProposeError::NotLeader {
+                shard,
+                leader: group.raft.metrics().borrow_watched().current_leader,
+            }
+        };
+        let leader = *group.leading.read().expect("leading lock");
+        let leader = leader.ok_or_else(not_leader)?;
+        let (responder, done) = ProgressResponder::<TypeConfig, _>::complete_only();
+        let failed = |message: String| ProposeError::Failed { shard, message };
+        group
+            .raft
+            .write(batch)
+            .with_leader(leader)
+            .responder(responder)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        match tokio::time::timeout(PROPOSE_TIMEOUT, done).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(e))) => match e {
+                openraft::error::ClientWriteError::ForwardToLeader(_) => Err(not_leader()),
+                other => Err(failed(other.to_string())),
+            },
+            Ok(Err(_)) => Err(not_leader()),
+            // Maybe committed later (a retry with the same id is idempotent).
+            Err(_) => Err(failed("no quorum answered in time".into())),
+        }
+    }
+
+    /// The leader of `shard` as this node knows it.
+    pub fn leader_of(&self, shard: GroupId) -> Option<NodeId> {
+        self.groups
+            .get(&shard)
+            .and_then(|g| g.raft.metrics().borrow_watched().current_leader)
+    }
+
+    /// Whether this node leads `shard` with complete state.
+    pub fn leads(&self, shard: GroupId) -> bool {
+        self.groups
+            .get(&shard)
+            .is_some_and(|g| g.leading.read().expect("leading lock").is_some())
+    }
+
+    /// Every shard's replication state as this node sees it.
+    pub fn status(&self) -> Vec<ShardStatus> {
+        (0..self.config.shards)
+            .map(|shard| {
+                let replicas = self.config.replicas(shard);
+                match self.groups.get(&shard) {
+                    Some(group) => {
+                        let m = group.raft.metrics().borrow_watched().clone();
+                        let voters: Vec<NodeId> =
+                            m.membership_config.membership().voter_ids().collect();
+                        ShardStatus {
+                            id: shard,
+                            leader: m.current_leader,
+                            replicas: if voters.is_empty() { replicas } else { voters },
+                            term: m.current_term,
+                            applied: m.last_applied.map(|l| l.index()),
+                            role: format!("{:?}", m.state).to_lowercase(),
+                        }
+                    }
+                    None => ShardStatus {
+                        id: shard,
+                        leader: None,
+                        replicas,
+                        term: 0,
+                        applied: None,
+                        role: "none".into(),
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Stops every group (their state stays on disk).
+    pub async fn shutdown(&self) {
+        for group in self.groups.values() {
+            let raft = group.raft.clone();
+            let _ = self
+                .runtime()
+                .spawn(async move { raft.shutdown().await })
+                .await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+async fn new_group(
+    config: ClusterConfig,
+    shard: GroupId,
+    store: Store,
+    syncer: WalSyncer,
+    transport: Arc<Transport>,
+) -> std::io::Result<Raft> {
+    let raft_config = Config {
+        cluster_name: "troupe".into(),
+        election_timeout_min: config.election_timeout_ms.0,
+        election_timeout_max: config.election_timeout_ms.1,
+        heartbeat_interval: config.heartbeat_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_after),
+        max_in_snapshot_log_to_keep: 0,
+        enable_pre_vote: Some(true),
+        // Retry an unreachable peer at a steady pace well inside the
+        // election timeout (the default doubles to a second, long enough
+        // for a peer that came up late to elect a rival).
+        backoff: "100ms 100ms 100ms".into(),
+        ..Default::default()
+    };
+    let raft_config = Arc::new(raft_config.validate().map_err(std::io::Error::other)?);
+    let log = LogStore::new(store.clone(), shard, syncer);
+    let machine = ShardMachine::new(store, shard);
+    let network = Network::new(transport, shard);
+    let raft = Raft::new(config.node_id, raft_config, network, log, machine)
+        .await
+        .map_err(std::io::Error::other)?;
+    // The group's first replica forms it; the others learn its membership
+    // from the first leader. (Forming it on every replica makes each one
+    // start an election at once, and a late one unseats the first leader.)
+    let replicas = config.replicas(shard);
+    if replicas.first() == Some(&config.node_id)
+        && !raft.is_initialized().await.map_err(std::io::Error::other)?
+    {
+        let members: BTreeMap<NodeId, BasicNode> = replicas
+            .into_iter()
+            .map(|id| (id, BasicNode::new(config.members[&id].to_string())))
+            .collect();
+        if let Err(e) = raft.initialize(members).await {
+            tracing::debug!(shard_id = shard, error = %e, "group already initialized");
+        }
+    }
+    Ok(raft)
+}
+
+/// Follows a group's metrics and reports when this node starts leading
+/// with complete state (its term's first entry applied) and when it stops,
+/// including when a quorum has not answered within `lease` (a partitioned
+/// leader stops its actors before the majority can elect another).
+async fn watch_leadership(
+    cluster: std::sync::Weak<Cluster>,
+    shard: GroupId,
+    raft: Raft,
+    lease: Duration,
+    events: mpsc::UnboundedSender<Leadership>,
+) {
+    use openraft::Instant as _;
+    let me = *raft.node_id();
+    let mut metrics = raft.metrics();
+    let mut led: Option<u64> = None;
+    let mut tick = tokio::time::interval(lease / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let (leading_term, leader, acked_ms_ago) = {
+            let m = metrics.borrow_and_update();
+            let acked_ms_ago = m
+                .last_quorum_acked
+                .as_ref()
+                .map(|at| at.elapsed().as_millis() as u64);
+            let alone = m.membership_config.membership().voter_ids().count() <= 1;
+            let heard = alone
+                || m.last_quorum_acked
+                    .as_ref()
+                    .is_some_and(|at| at.elapsed() < lease);
+            let complete = m.state == ServerState::Leader
+                && m.current_leader == Some(me)
+                && heard
+                && m.last_applied
+                    .as_ref()
+                    .is_some_and(|l| l.leader_id.term == m.current_term);
+            (
+                complete.then_some(m.current_term),
+                m.current_leader,
+                acked_ms_ago,
+            )
+        };
+        if leading_term != led {
+            let Some(cluster) = cluster.upgrade() else {
+                return;
+            };
+            let Some(group) = cluster.groups.get(&shard) else {
+                return;
+            };
+            if led.is_some() {
+                *group.leading.write().expect("leading lock") = None;
+                tracing::info!(
+                    shard_id = shard,
+                    node = me,
+                    ?leader,
+                    ?acked_ms_ago,
+                    "shard leadership lost"
+                );
+                let _ = events.send(Leadership::Lost { shard });
+                led = None;
+            }
+            if let Some(term) = leading_term
+                && let Ok(leader) = raft.as_leader()
+            {
+                *group.leading.write().expect("leading lock") =
+                    Some(leader.to_committed_leader_id());
+                metrics::counter!(crate::metrics::LEADER_CHANGES_TOTAL).increment(1);
+                tracing::info!(shard_id = shard, term, node = me, "shard leadership gained");
+                let _ = events.send(Leadership::Gained { shard, term });
+                led = Some(term);
+            }
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Metric names of the replication layer.
+
+/// Shard snapshots built for lagging replicas or log purging.
+pub const SNAPSHOTS_BUILT_TOTAL: &str = "troupe_raft_snapshots_built_total";
+/// Shard snapshots installed from another replica.
+pub const SNAPSHOTS_INSTALLED_TOTAL: &str = "troupe_raft_snapshots_installed_total";
+/// Snapshot bytes sent to other replicas.
+pub const SNAPSHOT_BYTES_SENT_TOTAL: &str = "troupe_raft_snapshot_bytes_sent_total";
+/// Leadership changes seen on this node, by shard.
+pub const LEADER_CHANGES_TOTAL: &str = "troupe_raft_leader_changes_total";
+/// Proposals refused because this node does not lead the shard.
+pub const NOT_LEADER_TOTAL: &str = "troupe_raft_not_leader_total";

@@ -1,0 +1,209 @@
+//! Three cluster nodes in one process, with the transport's link filter
+//! cutting one node off: a partitioned leader never acknowledges, the
+//! majority elects and serves, and the healed node catches up to identical
+//! shard state.
+
+mod common;
+
+use common::{Api, TempDir, eventually, init_tracing};
+use serde_json::json;
+use std::time::Duration;
+use troupe_cluster::LinkFilter;
+use troupe_node::{Config, Node, TaskHandlers};
+
+const FLOW: &str = r#"
+name: flow
+version: 1
+steps:
+  - { id: a, task: noop }
+  - { id: nap, wait: 200ms }
+  - { id: b, task: noop }
+"#;
+
+const SHARDS: u32 = 4;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A three-member cluster config (ports picked now) for node `id`.
+fn configs(dir: &TempDir) -> Vec<Config> {
+    let ports: Vec<[u16; 3]> = (0..3)
+        .map(|_| [free_port(), free_port(), free_port()])
+        .collect();
+    let members: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, [http, native, raft])| {
+            format!(
+                "[[cluster.members]]\nid = {}\nhttp-addr = \"127.0.0.1:{http}\"\nnative-addr = \"127.0.0.1:{native}\"\nraft-addr = \"127.0.0.1:{raft}\"\n",
+                i + 1
+            )
+        })
+        .collect();
+    (1..=3)
+        .map(|id| {
+            let text = format!(
+                "node-id = {id}\ndata-dir = \"{}/node-{id}\"\nshards = {SHARDS}\n[engine]\npassivate-after = \"300ms\"\n[cluster]\nreplication-factor = 3\nelection-timeout-min = \"300ms\"\nelection-timeout-max = \"600ms\"\nheartbeat-interval = \"100ms\"\n{members}",
+                dir.path().display()
+            );
+            let mut config = Config::from_toml(&text).unwrap();
+            let me = config.cluster.as_ref().unwrap().member(id).unwrap().clone();
+            config.http_addr = me.http_addr;
+            config.native_addr = me.native_addr;
+            config
+        })
+        .collect()
+}
+
+struct Member {
+    node: Node,
+    api: Api,
+    links: LinkFilter,
+}
+
+async fn cluster(dir: &TempDir) -> Vec<Member> {
+    init_tracing();
+    let mut members = Vec::new();
+    for config in configs(dir) {
+        let links = LinkFilter::default();
+        let node = Node::start_linked(config, TaskHandlers::default(), links.clone())
+            .await
+            .expect("node starts");
+        let api = Api::new(&format!("http://{}", node.http_addr()));
+        members.push(Member { node, api, links });
+    }
+    members
+}
+
+/// Shard → leader, once every shard has one that has activated it.
+async fn leaders(members: &[Member]) -> Vec<u64> {
+    eventually(20, "every shard led and active", || async {
+        let mut leaders = vec![0; SHARDS as usize];
+        for (i, m) in members.iter().enumerate() {
+            for shard in 0..SHARDS {
+                if m.node.runtime().router().is_active(shard) {
+                    leaders[shard as usize] = i as u64 + 1;
+                }
+            }
+        }
+        leaders.iter().all(|l| *l != 0).then_some(leaders)
+    })
+    .await
+}
+
+/// An instance id of `shard`.
+fn id_on(shard: u32, n: usize) -> String {
+    (0..)
+        .map(|k| format!("wf-{n}-{k}"))
+        .find(|id| troupe_protocol::shard_of(id, SHARDS) == shard)
+        .unwrap()
+}
+
+async fn digests(members: &[Member], shard: u32) -> Vec<u64> {
+    members
+        .iter()
+        .map(|m| m.node.runtime().services.store.shard_digest(shard).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_node_serves_and_a_partitioned_leader_never_acknowledges() {
+    let dir = TempDir::new("cluster");
+    let members = cluster(&dir).await;
+    members[0].api.deploy(FLOW).await;
+    let leaders = leaders(&members).await;
+
+    // Any node takes any start and any read; the leader runs it.
+    for (n, m) in members.iter().enumerate() {
+        for shard in 0..SHARDS {
+            let id = id_on(shard, n);
+            assert!(m.api.start_retrying("flow", &id, json!({})).await);
+        }
+    }
+    for (n, _) in members.iter().enumerate() {
+        for shard in 0..SHARDS {
+            let id = id_on(shard, n);
+            members[(n + 1) % 3].api.wait_status(&id, "completed").await;
+        }
+    }
+
+    // Cut the leader of shard 0 off from the others.
+    let shard = 0;
+    let old = leaders[shard as usize];
+    let others: Vec<u64> = (1..=3).filter(|n| *n != old).collect();
+    for m in &members {
+        for other in &others {
+            m.links.cut_both(old, *other);
+        }
+    }
+    // The cut-off leader cannot commit: a start there is not acknowledged.
+    let cut_off = &members[old as usize - 1];
+    let lost = id_on(shard, 100);
+    let (status, body) = cut_off
+        .api
+        .post(
+            "/v1/workflows",
+            json!({"definition": "flow", "id": lost, "input": {}}),
+        )
+        .await;
+    assert!(
+        status >= 500,
+        "a partitioned leader acknowledged: {status} {body}"
+    );
+
+    // The majority elects a new leader and serves the shard.
+    let majority = &members[others[0] as usize - 1];
+    let served = id_on(shard, 200);
+    eventually(15, "the majority serves shard 0", || async {
+        let (status, _) = majority
+            .api
+            .post(
+                "/v1/workflows",
+                json!({"definition": "flow", "id": served, "input": {}}),
+            )
+            .await;
+        (status == 201 || status == 200).then_some(())
+    })
+    .await;
+    majority.api.wait_status(&served, "completed").await;
+    let new_leader = members[others[0] as usize - 1]
+        .node
+        .peers()
+        .unwrap()
+        .cluster()
+        .leader_of(shard);
+    assert!(
+        new_leader.is_some_and(|l| l != old),
+        "leader {new_leader:?}"
+    );
+    assert!(
+        !cut_off.node.runtime().router().is_active(shard) || {
+            // Stepping down takes one missed round of heartbeats.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            !cut_off.node.runtime().router().is_active(shard)
+        }
+    );
+
+    // Healed, the old leader catches up: every replica of every shard ends
+    // with identical state.
+    for m in &members {
+        m.links.heal();
+    }
+    for shard in 0..SHARDS {
+        eventually(20, "replicas converge", || async {
+            let d = digests(&members, shard).await;
+            (d[0] == d[1] && d[1] == d[2]).then_some(())
+        })
+        .await;
+    }
+    let view = majority.api.workflow(&served).await;
+    assert_eq!(view["status"], "completed");
+    for m in members {
+        m.node.shutdown().await;
+    }
+}

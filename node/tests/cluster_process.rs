@@ -1,0 +1,230 @@
+//! Three `troupe-node` processes as a replicated cluster on loopback:
+//! under a steady stream of starts through every node, the node leading the
+//! most shards is SIGKILLed and restarted; every acknowledged workflow
+//! finishes, replicas end identical, and with two of three nodes down
+//! nothing is acknowledged until one returns.
+
+mod common;
+
+use common::{Api, NodeProcess, TempDir, eventually};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const FLOW: &str = r#"
+name: flow
+version: 1
+steps:
+  - { id: a, task: noop }
+  - { id: nap, wait: 300ms }
+  - { id: b, task: noop }
+"#;
+
+const SHARDS: u32 = 8;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes the cluster's config file; returns it and each node's HTTP base.
+fn write_config(dir: &Path) -> (PathBuf, Vec<String>) {
+    let mut members = String::new();
+    let mut bases = Vec::new();
+    for id in 1..=3 {
+        let (http, native, raft) = (free_port(), free_port(), free_port());
+        members.push_str(&format!(
+            "[[cluster.members]]\nid = {id}\nhttp-addr = \"127.0.0.1:{http}\"\nnative-addr = \"127.0.0.1:{native}\"\nraft-addr = \"127.0.0.1:{raft}\"\n"
+        ));
+        bases.push(format!("http://127.0.0.1:{http}"));
+    }
+    let text = format!(
+        "data-dir = \"{}/node-{{node-id}}\"\nshards = {SHARDS}\n[engine]\npassivate-after = \"500ms\"\n[cluster]\nreplication-factor = 3\nelection-timeout-min = \"300ms\"\nelection-timeout-max = \"600ms\"\nheartbeat-interval = \"100ms\"\nsnapshot-after-entries = 20\n{members}",
+        dir.display()
+    );
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, text).unwrap();
+    (path, bases)
+}
+
+struct Cluster {
+    config: PathBuf,
+    dir: PathBuf,
+    bases: Vec<String>,
+    nodes: Vec<Option<NodeProcess>>,
+}
+
+impl Cluster {
+    fn start_node(&mut self, id: usize) {
+        let log = self.dir.join(format!("node-{id}.log"));
+        let node = NodeProcess::spawn_with(&self.config, &log, &["--node-id", &id.to_string()]);
+        self.nodes[id - 1] = Some(node);
+    }
+
+    fn kill(&mut self, id: usize) {
+        self.nodes[id - 1].take().expect("running").kill();
+    }
+
+    fn api(&self, id: usize) -> Api {
+        Api::new(&self.bases[id - 1])
+    }
+
+    fn up(&self) -> Vec<usize> {
+        (1..=3).filter(|id| self.nodes[id - 1].is_some()).collect()
+    }
+
+    /// Shard → leader, once every shard is led by a running node that has
+    /// activated it.
+    async fn leaders(&self) -> Vec<u64> {
+        eventually(30, "every shard led and active", || async {
+            let mut leaders = vec![0u64; SHARDS as usize];
+            for id in self.up() {
+                let (status, view) = self.api(id).get("/v1/cluster").await;
+                if status != 200 {
+                    return None;
+                }
+                for shard in view["active_here"].as_array()? {
+                    leaders[shard.as_u64()? as usize] = id as u64;
+                }
+            }
+            leaders.iter().all(|l| *l != 0).then_some(leaders)
+        })
+        .await
+    }
+
+    async fn digests(&self, id: usize) -> Option<Value> {
+        let (status, view) = self.api(id).get("/v1/cluster/digests").await;
+        (status == 200).then_some(view)
+    }
+}
+
+/// A counter's value from a node's Prometheus endpoint (0 when absent).
+async fn metric(api: &Api, name: &str) -> f64 {
+    let text = api
+        .client
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_leader_loses_nothing_acknowledged() {
+    let dir = TempDir::new("cluster-proc");
+    let (config, bases) = write_config(dir.path());
+    let mut cluster = Cluster {
+        config,
+        dir: dir.path().to_path_buf(),
+        bases,
+        nodes: vec![None, None, None],
+    };
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    cluster.api(1).deploy(FLOW).await;
+    let leaders = cluster.leaders().await;
+
+    // Steady starts through every node while the busiest leader dies.
+    let victim = (1..=3u64)
+        .max_by_key(|n| leaders.iter().filter(|l| *l == n).count())
+        .unwrap() as usize;
+    let mut acknowledged = Vec::new();
+    for n in 0..240 {
+        if n == 80 {
+            cluster.kill(victim);
+        }
+        let up = cluster.up();
+        let via = up[n % up.len()];
+        let id = format!("wf-{n}");
+        if cluster
+            .api(via)
+            .start_retrying("flow", &id, json!({}))
+            .await
+        {
+            acknowledged.push(id);
+        }
+    }
+    assert!(
+        acknowledged.len() >= 230,
+        "only {} acknowledged",
+        acknowledged.len()
+    );
+
+    // Every acknowledged workflow finishes, read through any survivor.
+    let reader = cluster.api(cluster.up()[0]);
+    for id in &acknowledged {
+        eventually(30, "acknowledged workflow completes", || async {
+            let (status, view) = reader.get(&format!("/v1/workflows/{id}")).await;
+            (status == 200 && view["status"] == "completed").then_some(())
+        })
+        .await;
+    }
+
+    // The killed node comes back (from snapshots where its peers purged
+    // their logs) and every replica of every shard ends identical.
+    cluster.start_node(victim);
+    cluster.leaders().await;
+    let installed = metric(
+        &cluster.api(victim),
+        "troupe_raft_snapshots_installed_total",
+    )
+    .await;
+    assert!(
+        installed > 0.0,
+        "the restarted node caught up without a snapshot"
+    );
+    eventually(60, "replicas converge", || async {
+        let mut all = Vec::new();
+        for id in 1..=3 {
+            all.push(cluster.digests(id).await?);
+        }
+        (all[0] == all[1] && all[1] == all[2]).then_some(())
+    })
+    .await;
+
+    // Two of three down: nothing is acknowledged until one returns.
+    let survivor = 1 + victim % 3;
+    for id in 1..=3 {
+        if id != survivor {
+            cluster.kill(id);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let lonely = cluster.api(survivor);
+    for n in 0..SHARDS as usize {
+        let (status, body) = lonely
+            .post(
+                "/v1/workflows",
+                json!({"definition": "flow", "id": format!("alone-{n}"), "input": {}}),
+            )
+            .await;
+        assert_eq!(status, 503, "acknowledged without a quorum: {body}");
+    }
+    let back = 1 + survivor % 3;
+    cluster.start_node(back);
+    cluster.leaders().await;
+    assert!(
+        lonely
+            .start_retrying("flow", "after-quorum", json!({}))
+            .await
+    );
+    eventually(
+        30,
+        "the workflow after the quorum returned completes",
+        || async {
+            let (status, view) = lonely.get("/v1/workflows/after-quorum").await;
+            (status == 200 && view["status"] == "completed").then_some(())
+        },
+    )
+    .await;
+}
