@@ -6,6 +6,7 @@
 //! soak` runs `noop` for ten minutes and adds its timeline there.
 
 mod big;
+mod cluster;
 mod load;
 mod report;
 mod scenario;
@@ -56,6 +57,10 @@ struct RunArgs {
     /// separated; connections and workers are spread over all of them.
     #[arg(long, conflicts_with = "native", value_delimiter = ',')]
     cluster: Vec<String>,
+    /// Start a local three-node cluster (replication factor 3, fsync on)
+    /// and load it through all three nodes.
+    #[arg(long, conflicts_with_all = ["native", "cluster"])]
+    local_cluster: bool,
     /// Shards of the node this harness starts.
     #[arg(long, default_value_t = 16)]
     shards: u32,
@@ -122,6 +127,23 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         iterations: u64,
         /// Shards of the node this harness starts.
+        #[arg(long, default_value_t = 16)]
+        shards: u32,
+    },
+    /// Starts a local three-node cluster, offers open-loop `noop` load
+    /// through two nodes, and SIGKILLs the node leading the most shards:
+    /// the longest any workflow waited, and that none was lost.
+    Failover {
+        /// Starts per second.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// Load before the kill.
+        #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+        before: Duration,
+        /// Load after the kill.
+        #[arg(long, default_value = "20s", value_parser = humantime_duration)]
+        after: Duration,
+        /// Shards.
         #[arg(long, default_value_t = 16)]
         shards: u32,
     },
@@ -211,6 +233,15 @@ async fn main() -> anyhow::Result<()> {
             markdown,
             json,
         } => report::soak(&markdown, &json, duration, concurrency).await?,
+        Cmd::Failover {
+            rate,
+            before,
+            after,
+            shards,
+        } => {
+            let result = cluster::failover(rate, before, after, shards).await?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+        }
     }
     Ok(())
 }
@@ -271,16 +302,30 @@ async fn list_rare(client: &Client, http: &str) -> anyhow::Result<(f64, f64)> {
 
 /// Runs one scenario and returns its JSON result.
 async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
-    let mut target = match (&args.native, &args.http, args.cluster.first()) {
-        (_, http, Some(first)) => Target::remote(first.clone(), http.clone().unwrap_or_default()),
-        (Some(native), Some(http), None) => Target::remote(native.clone(), http.clone()),
+    let local = if args.local_cluster {
+        let local = cluster::LocalCluster::spawn(args.shards)?;
+        local.leaders().await?;
+        Some(local)
+    } else {
+        None
+    };
+    let members = match &local {
+        Some(local) => local.natives.clone(),
+        None => args.cluster.clone(),
+    };
+    let mut target = match (&args.native, &args.http, members.first(), &local) {
+        (_, _, Some(first), Some(local)) => Target::remote(first.clone(), local.https[0].clone()),
+        (_, http, Some(first), None) => {
+            Target::remote(first.clone(), http.clone().unwrap_or_default())
+        }
+        (Some(native), Some(http), None, _) => Target::remote(native.clone(), http.clone()),
         _ => Target::spawn(args.shards, "")?,
     };
     let scenario = args.scenario;
-    let members = if args.cluster.is_empty() {
+    let members = if members.is_empty() {
         vec![target.native.clone()]
     } else {
-        args.cluster.clone()
+        members
     };
     let mut clients = Vec::new();
     for n in 0..args.connections.max(members.len()) {
@@ -288,9 +333,9 @@ async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
     }
     clients[0].deploy(&scenario.definition()).await?;
     if let Some(task_type) = scenario.worker_task() {
-        // Two workers per node: a node hands out the tasks of the shards it leads.
-        for w in 0..2 * members.len() {
-            let worker = Worker::new(&clients[w % members.len()], &format!("bench-{w}"))
+        // Each worker streams from every member of a cluster.
+        for w in 0..2 {
+            let worker = Worker::new(&clients[0], &format!("bench-{w}"))
                 .concurrency(512)
                 .handle(task_type, |task| async move { Ok(task.input) });
             tokio::spawn(worker.run());

@@ -175,6 +175,7 @@ fn args(scenario: Scenario, concurrency: Option<usize>, rate: Option<f64>, quick
         native: None,
         http: None,
         cluster: Vec::new(),
+        local_cluster: false,
         shards: 16,
         connections: 4,
         out: None,

@@ -31,17 +31,31 @@ impl Remote {
         path: &str,
         body: Option<String>,
     ) -> anyhow::Result<Value> {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.body(body);
-        }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach a node at {}", self.base))?;
-        let status = response.status();
-        let text = response.text().await?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        // `unavailable` (a shard electing a leader) and `overloaded` answers
+        // are retried for up to about ten seconds, backing off to 1 s.
+        let mut delay = std::time::Duration::from_millis(100);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (status, value) = loop {
+            let mut request = self
+                .client
+                .request(method.clone(), format!("{}{path}", self.base));
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
+            let response = request
+                .send()
+                .await
+                .with_context(|| format!("cannot reach a node at {}", self.base))?;
+            let status = response.status();
+            let text = response.text().await?;
+            let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let retryable = status.as_u16() == 503 || status.as_u16() == 429;
+            if !retryable || std::time::Instant::now() >= deadline {
+                break (status, value);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(1));
+        };
         if !status.is_success() {
             let details = match &value["details"]["errors"] {
                 Value::Array(errors) => errors

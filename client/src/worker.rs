@@ -4,6 +4,10 @@
 //! reports the outcome, and then grants one more credit. A broken
 //! connection is reopened with backoff; attempts leased on it and not
 //! reported are redelivered by the node when their lease ends.
+//!
+//! In a cluster, each node hands out the tasks of the shards it leads, so
+//! the worker opens a stream to every member it learns of from the node it
+//! was given (`concurrency` applies per node).
 
 use crate::{Client, Error};
 use serde_json::Value as Json;
@@ -76,20 +80,86 @@ impl Worker {
         self
     }
 
-    /// Runs until the process ends, reconnecting when the node goes away.
+    /// Runs until the process ends, reconnecting when a node goes away.
     pub async fn run(self) -> Result<(), Error> {
-        let client = self.client.reconnect().await?;
+        let members = members(&self.client).await;
         let types: Vec<String> = self.handlers.keys().cloned().collect();
         let handlers = Arc::new(self.handlers);
+        let mut streams = tokio::task::JoinSet::new();
+        for addr in members {
+            let stream = NodeStream {
+                addr,
+                base: self.client.clone(),
+                name: self.name.clone(),
+                types: types.clone(),
+                handlers: handlers.clone(),
+                concurrency: self.concurrency,
+            };
+            streams.spawn(stream.run());
+        }
+        match streams.join_next().await {
+            Some(Ok(result)) => result,
+            Some(Err(e)) => Err(Error::Connection(e.to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The native addresses of the cluster's members (`None`: the client's own
+/// node, when it is alone or does not say).
+async fn members(client: &Client) -> Vec<Option<String>> {
+    let cluster = match client.request(Request::Cluster, true).await {
+        Ok(Response::Json(text)) => serde_json::from_str::<Json>(&text).unwrap_or_default(),
+        _ => Json::Null,
+    };
+    let addrs: Vec<Option<String>> = cluster["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["native_addr"].as_str().map(|a| Some(a.to_owned())))
+        .collect();
+    if addrs.len() > 1 { addrs } else { vec![None] }
+}
+
+/// One node's task stream.
+struct NodeStream {
+    /// The node (`None`: the base client's).
+    addr: Option<String>,
+    base: Client,
+    name: String,
+    types: Vec<String>,
+    handlers: Arc<HashMap<String, Handler>>,
+    concurrency: u32,
+}
+
+impl NodeStream {
+    async fn run(self) -> Result<(), Error> {
+        let NodeStream {
+            addr,
+            base,
+            name,
+            types,
+            handlers,
+            concurrency,
+        } = self;
         let mut backoff = Duration::from_millis(100);
+        let client = loop {
+            let connected = match &addr {
+                Some(addr) => Client::connect(addr.clone()).await,
+                None => base.reconnect().await,
+            };
+            match connected {
+                Ok(client) => break client,
+                Err(e) => tracing::warn!(worker = %name, error = %e, "cannot reach node"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        };
         loop {
-            match client
-                .open_stream(&self.name, types.clone(), self.concurrency)
-                .await
-            {
+            match client.open_stream(&name, types.clone(), concurrency).await {
                 Ok((conn, stream, mut pushes)) => {
                     backoff = Duration::from_millis(100);
-                    tracing::info!(worker = %self.name, ?types, "task stream open");
+                    tracing::info!(worker = %name, ?types, "task stream open");
                     let (done, mut finished) = mpsc::unbounded_channel::<()>();
                     loop {
                         tokio::select! {
@@ -117,10 +187,10 @@ impl Worker {
                             }
                         }
                     }
-                    tracing::warn!(worker = %self.name, "task stream closed; reconnecting");
+                    tracing::warn!(worker = %name, "task stream closed; reconnecting");
                 }
                 Err(e) => {
-                    tracing::warn!(worker = %self.name, error = %e, "cannot open task stream")
+                    tracing::warn!(worker = %name, error = %e, "cannot open task stream")
                 }
             }
             tokio::time::sleep(backoff).await;

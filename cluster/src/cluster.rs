@@ -4,7 +4,7 @@
 use crate::log_store::LogStore;
 use crate::network::Network;
 use crate::state_machine::ShardMachine;
-use crate::transport::{LinkFilter, Transport};
+use crate::transport::{Identity, LinkFilter, Transport};
 use crate::types::{GroupId, NodeId, Raft, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
 use openraft::impls::{BasicNode, ProgressResponder};
@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use troupe_storage::{ShardBatch, Store, WalSyncer};
 
 /// How the cluster is laid out and timed.
@@ -69,7 +69,7 @@ pub enum Leadership {
 }
 
 /// Why a proposal was not committed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
     /// This node does not lead the shard (any more); `leader` may.
     #[error("node does not lead shard {shard} (leader: {leader:?})")]
@@ -97,8 +97,21 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 struct Group {
     raft: Raft,
     /// The leader id of the term this node leads in, once its state is complete.
-    leading: RwLock<Option<openraft::alias::CommittedLeaderIdOf<TypeConfig>>>,
+    leading: Arc<RwLock<Option<LeaderId>>>,
+    /// Queue of the shard's proposer.
+    proposals: mpsc::UnboundedSender<Proposal>,
 }
+
+type LeaderId = openraft::alias::CommittedLeaderIdOf<TypeConfig>;
+
+/// A batch waiting to be proposed, and who waits for its outcome.
+type Proposal = (ShardBatch, oneshot::Sender<Result<(), ProposeError>>);
+
+/// Proposals of one shard in flight at once.
+const PROPOSALS_IN_FLIGHT: usize = 4;
+
+/// Most transitions merged into one Raft entry.
+const MERGED_PER_ENTRY: usize = 256;
 
 /// A shard's replication state, for `/v1/cluster`.
 #[derive(Debug, Clone, Serialize)]
@@ -124,7 +137,8 @@ pub struct Cluster {
     groups: HashMap<GroupId, Group>,
     /// Raft and the transport run here, apart from the actors, so that
     /// actor load cannot starve heartbeats into elections.
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: std::sync::Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
 }
 
 impl Cluster {
@@ -147,12 +161,24 @@ impl Cluster {
             .filter(|(id, _)| **id != config.node_id)
             .map(|(id, addr)| (*id, *addr))
             .collect();
-        let transport = Transport::new(config.node_id, peers, filter);
+        let identity = Identity::new(store.clone())?;
+        let transport = Transport::new(config.node_id, identity, peers, filter);
         let listener = runtime
             .spawn(async move { tokio::net::TcpListener::bind(listen).await })
             .await
             .map_err(std::io::Error::other)??;
         runtime.spawn(transport.clone().serve(listener));
+        let greeter = transport.clone();
+        runtime
+            .spawn(async move { greeter.greet_peers().await })
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(|reason| {
+                std::io::Error::other(format!(
+                    "refused by the cluster: {reason}; start it on its original data dir, \
+                     or replace the member (see docs/cluster.md)"
+                ))
+            })?;
         let syncer = WalSyncer::start(store.clone(), config.sync);
         let (events, leadership) = mpsc::unbounded_channel();
         let mut groups = HashMap::new();
@@ -172,11 +198,15 @@ impl Cluster {
                 .await
                 .map_err(std::io::Error::other)??;
             transport.serve_group(shard, raft.clone());
+            let leading = Arc::new(RwLock::new(None));
+            let (proposals, queue) = mpsc::unbounded_channel();
+            runtime.spawn(run_proposer(shard, raft.clone(), leading.clone(), queue));
             groups.insert(
                 shard,
                 Group {
                     raft,
-                    leading: RwLock::new(None),
+                    leading,
+                    proposals,
                 },
             );
         }
@@ -184,7 +214,8 @@ impl Cluster {
             config,
             transport,
             groups,
-            runtime: Some(runtime),
+            handle: runtime.handle().clone(),
+            runtime: std::sync::Mutex::new(Some(runtime)),
         });
         for (&shard, group) in &cluster.groups {
             let lease = Duration::from_millis(cluster.config.election_timeout_ms.0);
@@ -200,8 +231,8 @@ impl Cluster {
         Ok((cluster, leadership))
     }
 
-    fn runtime(&self) -> &tokio::runtime::Runtime {
-        self.runtime.as_ref().expect("running")
+    fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.handle
     }
 
     /// The configuration.
@@ -215,41 +246,26 @@ impl Cluster {
     }
 
     /// Commits `batch` to `shard`'s group as its current leader, returning
-    /// once a quorum holds it and it is applied here.
+    /// once a quorum holds it and it is applied here. Batches proposed
+    /// while earlier ones are in flight share one Raft entry.
     pub async fn propose(&self, batch: ShardBatch) -> Result<(), ProposeError> {
         let shard = batch.shard();
-        let group = self.groups.get(&shard).ok_or(ProposeError::NotLeader {
+        let not_leader = ProposeError::NotLeader {
             shard,
-            leader: None,
-        })?;
-        let not_leader = || {
-            metrics::counter!(crate::metrics::NOT_LEADER_TOTAL).increment(1);
-            ProposeError::NotLeader {
-                shard,
-                leader: group.raft.metrics().borrow_watched().current_leader,
-            }
+            leader: self.leader_of(shard),
         };
-        let leader = *group.leading.read().expect("leading lock");
-        let leader = leader.ok_or_else(not_leader)?;
-        let (responder, done) = ProgressResponder::<TypeConfig, _>::complete_only();
-        let failed = |message: String| ProposeError::Failed { shard, message };
-        group
-            .raft
-            .write(batch)
-            .with_leader(leader)
-            .responder(responder)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        match tokio::time::timeout(PROPOSE_TIMEOUT, done).await {
-            Ok(Ok(Ok(_))) => Ok(()),
-            Ok(Ok(Err(e))) => match e {
-                openraft::error::ClientWriteError::ForwardToLeader(_) => Err(not_leader()),
-                other => Err(failed(other.to_string())),
-            },
-            Ok(Err(_)) => Err(not_leader()),
-            // Maybe committed later (a retry with the same id is idempotent).
-            Err(_) => Err(failed("no quorum answered in time".into())),
+        let Some(group) = self.groups.get(&shard) else {
+            return Err(not_leader);
+        };
+        if group.leading.read().expect("leading lock").is_none() {
+            metrics::counter!(crate::metrics::NOT_LEADER_TOTAL).increment(1);
+            return Err(not_leader);
         }
+        let (done, outcome) = oneshot::channel();
+        if group.proposals.send((batch, done)).is_err() {
+            return Err(not_leader);
+        }
+        outcome.await.unwrap_or(Err(not_leader))
     }
 
     /// The leader of `shard` as this node knows it.
@@ -298,7 +314,8 @@ impl Cluster {
             .collect()
     }
 
-    /// Stops every group (their state stays on disk).
+    /// Stops every group and the Raft runtime, so that nothing holds the
+    /// store any more (their state stays on disk).
     pub async fn shutdown(&self) {
         for group in self.groups.values() {
             let raft = group.raft.clone();
@@ -307,12 +324,19 @@ impl Cluster {
                 .spawn(async move { raft.shutdown().await })
                 .await;
         }
+        let runtime = self.runtime.lock().expect("runtime lock").take();
+        if let Some(runtime) = runtime {
+            let _ = tokio::task::spawn_blocking(move || {
+                runtime.shutdown_timeout(std::time::Duration::from_secs(2))
+            })
+            .await;
+        }
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
+        if let Some(runtime) = self.runtime.lock().expect("runtime lock").take() {
             runtime.shutdown_background();
         }
     }
@@ -330,6 +354,13 @@ async fn new_group(
         election_timeout_min: config.election_timeout_ms.0,
         election_timeout_max: config.election_timeout_ms.1,
         heartbeat_interval: config.heartbeat_ms,
+        // No heartbeat to a follower that acknowledged an append within
+        // the interval: under load, appends are the heartbeats.
+        heartbeat_min_interval: Some(config.heartbeat_ms),
+        // Send entries to followers as soon as they are written here, not
+        // once they are synced here: the leader's fsync and the followers'
+        // overlap.
+        broadcast_submitted_on_append: Some(true),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_after),
         max_in_snapshot_log_to_keep: 0,
         enable_pre_vote: Some(true),
@@ -362,6 +393,73 @@ async fn new_group(
         }
     }
     Ok(raft)
+}
+
+/// Proposes a shard's batches: one Raft entry for all the batches queued
+/// when a slot frees up, at most [`PROPOSALS_IN_FLIGHT`] entries at once.
+/// Under load, entries grow instead of multiplying; alone, a batch goes
+/// out at once.
+async fn run_proposer(
+    shard: GroupId,
+    raft: Raft,
+    leading: Arc<RwLock<Option<LeaderId>>>,
+    mut queue: mpsc::UnboundedReceiver<Proposal>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT));
+    while let Some((mut batch, first)) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut waiting = vec![first];
+        while waiting.len() < MERGED_PER_ENTRY {
+            let Ok((more, done)) = queue.try_recv() else {
+                break;
+            };
+            batch.extend(more);
+            waiting.push(done);
+        }
+        metrics::histogram!(crate::metrics::ENTRY_TRANSITIONS).record(waiting.len() as f64);
+        let (raft, leader) = (raft.clone(), *leading.read().expect("leading lock"));
+        tokio::spawn(async move {
+            let outcome = write_entry(shard, &raft, leader, batch).await;
+            for done in waiting {
+                let _ = done.send(outcome.clone());
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Writes one entry as leader `leader` and waits until it is applied here.
+async fn write_entry(
+    shard: GroupId,
+    raft: &Raft,
+    leader: Option<LeaderId>,
+    batch: ShardBatch,
+) -> Result<(), ProposeError> {
+    let not_leader = || {
+        metrics::counter!(crate::metrics::NOT_LEADER_TOTAL).increment(1);
+        ProposeError::NotLeader {
+            shard,
+            leader: raft.metrics().borrow_watched().current_leader,
+        }
+    };
+    let leader = leader.ok_or_else(not_leader)?;
+    let failed = |message: String| ProposeError::Failed { shard, message };
+    let (responder, done) = ProgressResponder::<TypeConfig, _>::complete_only();
+    raft.write(batch)
+        .with_leader(leader)
+        .responder(responder)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    match tokio::time::timeout(PROPOSE_TIMEOUT, done).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(_)))) => Err(not_leader()),
+        Ok(Ok(Err(other))) => Err(failed(other.to_string())),
+        Ok(Err(_)) => Err(not_leader()),
+        // Maybe committed later (a retry with the same id is idempotent).
+        Err(_) => Err(failed("no quorum answered in time".into())),
+    }
 }
 
 /// Follows a group's metrics and reports when this node starts leading
@@ -439,5 +537,48 @@ async fn watch_leadership(
             changed = metrics.changed() => if changed.is_err() { return },
             _ = tick.tick() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(members: u64, replication_factor: usize) -> ClusterConfig {
+        ClusterConfig {
+            node_id: 1,
+            members: (1..=members)
+                .map(|id| (id, SocketAddr::from(([127, 0, 0, 1], 9000 + id as u16))))
+                .collect(),
+            shards: 16,
+            replication_factor,
+            election_timeout_ms: (300, 600),
+            heartbeat_ms: 100,
+            snapshot_after: 100,
+            sync: false,
+        }
+    }
+
+    #[test]
+    fn replicas_rotate_over_the_members_so_leaders_spread() {
+        let three = config(3, 3);
+        assert_eq!(three.replicas(0), vec![1, 2, 3]);
+        assert_eq!(three.replicas(1), vec![2, 3, 1]);
+        assert_eq!(three.replicas(5), vec![3, 1, 2]);
+        let five = config(5, 3);
+        let mut held = BTreeMap::<NodeId, usize>::new();
+        for shard in 0..five.shards {
+            let replicas = five.replicas(shard);
+            assert_eq!(replicas.len(), 3);
+            let distinct: std::collections::BTreeSet<_> = replicas.iter().collect();
+            assert_eq!(distinct.len(), 3, "{replicas:?}");
+            for node in replicas {
+                *held.entry(node).or_default() += 1;
+            }
+        }
+        // 48 replicas over 5 nodes: 9 or 10 each.
+        assert!(held.values().all(|n| (9..=10).contains(n)), "{held:?}");
+        // More replicas asked than members: every member, once.
+        assert_eq!(config(2, 3).replicas(0), vec![1, 2]);
     }
 }

@@ -10,3 +10,5 @@ pub const SNAPSHOT_BYTES_SENT_TOTAL: &str = "troupe_raft_snapshot_bytes_sent_tot
 pub const LEADER_CHANGES_TOTAL: &str = "troupe_raft_leader_changes_total";
 /// Proposals refused because this node does not lead the shard.
 pub const NOT_LEADER_TOTAL: &str = "troupe_raft_not_leader_total";
+/// Transitions merged into each Raft entry proposed here.
+pub const ENTRY_TRANSITIONS: &str = "troupe_raft_entry_transitions";

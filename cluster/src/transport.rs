@@ -35,6 +35,7 @@ pub(crate) enum Rpc {
     Snapshot {
         vote: Vote,
         meta: SnapshotMeta,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     TransferLeader(TransferLeaderRequest<TypeConfig>),
@@ -51,9 +52,18 @@ pub(crate) enum Reply {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Frame {
-    /// First frame of a connection: who is calling.
+    /// First frame of a connection: who is calling, and its data dir's incarnation.
     Hello {
         from: NodeId,
+        incarnation: u64,
+    },
+    /// The answer to a hello: the callee's incarnation.
+    Welcome {
+        incarnation: u64,
+    },
+    /// The answer to a hello from a member that came back with another data dir.
+    Refused {
+        reason: String,
     },
     Request {
         id: u64,
@@ -111,10 +121,79 @@ type Waiting = oneshot::Sender<Result<Reply, SendError>>;
 /// A request queued for a peer's connection.
 type Queued = (u64, GroupId, Rpc, Waiting);
 
+/// Who this node is, and the incarnations (data dirs) of the members it
+/// has talked to: a member whose data dir was lost comes back with another
+/// one and is refused, so that it cannot vote again with no memory of its
+/// votes.
+pub struct Identity {
+    /// This data dir's incarnation.
+    pub incarnation: u64,
+    store: troupe_storage::Store,
+}
+
+impl Identity {
+    /// The identity kept in `store`.
+    pub fn new(store: troupe_storage::Store) -> std::io::Result<Self> {
+        let (incarnation, _) = store.incarnation().map_err(std::io::Error::other)?;
+        Ok(Self { incarnation, store })
+    }
+
+    /// Accepts `peer` with `incarnation` if it is the first seen or the same.
+    fn check(&self, peer: NodeId, incarnation: u64) -> Result<(), String> {
+        match self.store.peer_incarnation(peer) {
+            Ok(Some(known)) if known != incarnation => Err(format!(
+                "node {peer} came back with another data dir (incarnation {incarnation:x}, \
+                 known as {known:x}); a member that lost its data must be replaced, not rejoined"
+            )),
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => self
+                .store
+                .set_peer_incarnation(peer, incarnation)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// How a handshake with a peer went.
+#[derive(Debug)]
+pub enum Handshake {
+    /// The peer knows this node as it is.
+    Welcome,
+    /// The peer refuses this node (or this node refuses the peer).
+    Refused(String),
+    /// No answer.
+    Unreachable(String),
+}
+
+/// Says hello on `stream` and reads the answer.
+async fn hello(stream: &mut TcpStream, me: NodeId, to: NodeId, identity: &Identity) -> Handshake {
+    let greeting = Frame::Hello {
+        from: me,
+        incarnation: identity.incarnation,
+    };
+    if let Err(e) = write_frame(stream, &greeting).await {
+        return Handshake::Unreachable(e.to_string());
+    }
+    match tokio::time::timeout(Duration::from_secs(2), read_frame(stream)).await {
+        Ok(Ok(Frame::Welcome { incarnation })) => match identity.check(to, incarnation) {
+            Ok(()) => Handshake::Welcome,
+            Err(reason) => Handshake::Refused(reason),
+        },
+        Ok(Ok(Frame::Refused { reason })) => Handshake::Refused(reason),
+        Ok(Ok(other)) => Handshake::Unreachable(format!("unexpected answer {other:?}")),
+        Ok(Err(e)) => Handshake::Unreachable(e.to_string()),
+        Err(_) => Handshake::Unreachable("no answer to hello".into()),
+    }
+}
+
 /// This node's end of the transport: outbound peers and the groups that
 /// answer inbound requests.
 pub struct Transport {
     me: NodeId,
+    identity: Identity,
+    /// Peers refused (either way), with why.
+    refused: RwLock<HashMap<NodeId, String>>,
     peers: RwLock<HashMap<NodeId, SocketAddr>>,
     links: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Queued>>>,
     groups: RwLock<HashMap<GroupId, Raft>>,
@@ -125,9 +204,16 @@ pub struct Transport {
 
 impl Transport {
     /// A transport for node `me` reaching `peers` at their Raft addresses.
-    pub fn new(me: NodeId, peers: HashMap<NodeId, SocketAddr>, filter: LinkFilter) -> Arc<Self> {
+    pub fn new(
+        me: NodeId,
+        identity: Identity,
+        peers: HashMap<NodeId, SocketAddr>,
+        filter: LinkFilter,
+    ) -> Arc<Self> {
         Arc::new(Self {
             me,
+            identity,
+            refused: RwLock::default(),
             peers: RwLock::new(peers),
             links: Mutex::default(),
             groups: RwLock::default(),
@@ -173,6 +259,9 @@ impl Transport {
         if self.filter.is_cut(self.me, to) {
             return Err(SendError::Unreachable(to, "link cut".into()));
         }
+        if let Some(reason) = self.refused.read().expect("refused lock").get(&to) {
+            return Err(SendError::Unreachable(to, reason.clone()));
+        }
         let (done, wait) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.link(to)?
@@ -202,6 +291,38 @@ impl Transport {
         tokio::spawn(run_link(self.clone(), to, addr, rx));
         links.insert(to, tx.clone());
         Ok(tx)
+    }
+
+    /// Says hello to every reachable peer: an error when one refuses this
+    /// node (its data dir is not the one the peer knew) or is refused.
+    pub async fn greet_peers(&self) -> Result<(), String> {
+        let peers: Vec<(NodeId, SocketAddr)> = self
+            .peers
+            .read()
+            .expect("peers lock")
+            .iter()
+            .map(|(id, addr)| (*id, *addr))
+            .collect();
+        for (to, addr) in peers {
+            let connect = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr));
+            let Ok(Ok(mut stream)) = connect.await else {
+                continue;
+            };
+            if let Handshake::Refused(reason) =
+                hello(&mut stream, self.me, to, &self.identity).await
+            {
+                return Err(reason);
+            }
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, peer: NodeId, reason: String) {
+        tracing::error!(node = self.me, peer, %reason, "member refused");
+        self.refused
+            .write()
+            .expect("refused lock")
+            .insert(peer, reason);
     }
 
     /// Accepts peers' connections on `listener` until the process ends.
@@ -235,8 +356,11 @@ async fn read_frame<R: AsyncReadExt + Unpin>(input: &mut R) -> std::io::Result<F
             format!("frame of {len} bytes is over the limit"),
         ));
     }
-    let mut body = vec![0; len];
-    input.read_exact(&mut body).await?;
+    let mut body = Vec::with_capacity(len);
+    let read = input.take(len as u64).read_to_end(&mut body).await?;
+    if read < len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     codec::decode(&body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
@@ -249,14 +373,25 @@ async fn run_link(
     addr: SocketAddr,
     mut rx: mpsc::UnboundedReceiver<Queued>,
 ) {
-    let stream = match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await
-    {
-        Ok(Ok(stream)) => stream,
-        outcome => {
-            let why = match outcome {
-                Ok(Err(e)) => e.to_string(),
-                _ => "connect timed out".into(),
-            };
+    let connect = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await;
+    let greeted = match connect {
+        Ok(Ok(mut stream)) => {
+            let _ = stream.set_nodelay(true);
+            match hello(&mut stream, transport.me, to, &transport.identity).await {
+                Handshake::Welcome => Ok(stream),
+                Handshake::Refused(reason) => {
+                    transport.refuse(to, reason.clone());
+                    Err(reason)
+                }
+                Handshake::Unreachable(why) => Err(why),
+            }
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("connect timed out".into()),
+    };
+    let stream = match greeted {
+        Ok(stream) => stream,
+        Err(why) => {
             rx.close();
             while let Ok((_, _, _, done)) = rx.try_recv() {
                 let _ = done.send(Err(SendError::Unreachable(to, why.clone())));
@@ -264,11 +399,9 @@ async fn run_link(
             return;
         }
     };
-    let _ = stream.set_nodelay(true);
     let (mut read, write) = stream.into_split();
     let mut write = BufWriter::with_capacity(256 << 10, write);
     let waiting: Arc<Mutex<HashMap<u64, Waiting>>> = Arc::default();
-    let me = transport.me;
     let replies = {
         let waiting = waiting.clone();
         let transport = transport.clone();
@@ -286,9 +419,7 @@ async fn run_link(
             }
         })
     };
-    let mut ok = write_frame(&mut write, &Frame::Hello { from: me })
-        .await
-        .is_ok();
+    let mut ok = true;
     while ok {
         let Some(first) = rx.recv().await else { break };
         let mut next = Some(first);
@@ -319,12 +450,25 @@ async fn run_link(
 /// One inbound connection: each request is handled in its own task (a
 /// snapshot install does not hold up heartbeats); replies are written in
 /// batches by one writer.
-async fn serve_connection(transport: Arc<Transport>, stream: TcpStream) {
-    let (mut read, write) = stream.into_split();
-    let from = match read_frame(&mut read).await {
-        Ok(Frame::Hello { from }) => from,
+async fn serve_connection(transport: Arc<Transport>, mut stream: TcpStream) {
+    let from = match read_frame(&mut stream).await {
+        Ok(Frame::Hello { from, incarnation }) => {
+            if let Err(reason) = transport.identity.check(from, incarnation) {
+                transport.refuse(from, reason.clone());
+                let _ = write_frame(&mut stream, &Frame::Refused { reason }).await;
+                return;
+            }
+            let welcome = Frame::Welcome {
+                incarnation: transport.identity.incarnation,
+            };
+            if write_frame(&mut stream, &welcome).await.is_err() {
+                return;
+            }
+            from
+        }
         _ => return,
     };
+    let (mut read, write) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
     let writer = tokio::spawn(async move {
         let mut write = BufWriter::with_capacity(256 << 10, write);

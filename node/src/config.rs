@@ -384,12 +384,14 @@ impl Config {
                     "must be between 1 and the member count",
                 );
             }
+            // A heartbeat skipped while appends flow may come up to two
+            // intervals and a tick (a quarter interval) late.
             if cluster.election_timeout_min >= cluster.election_timeout_max
-                || cluster.heartbeat_interval * 2 > cluster.election_timeout_min
+                || cluster.heartbeat_interval * 9 / 4 >= cluster.election_timeout_min
             {
                 return invalid(
                     "cluster.election-timeout-min",
-                    "must be below election-timeout-max and at least two heartbeat intervals",
+                    "must be below election-timeout-max and above 2.25 heartbeat intervals",
                 );
             }
             if cluster.snapshot_after_entries == 0 {

@@ -207,3 +207,48 @@ async fn any_node_serves_and_a_partitioned_leader_never_acknowledges() {
         m.node.shutdown().await;
     }
 }
+
+const WORKED: &str = r#"
+name: worked
+version: 1
+steps:
+  - { id: shout, task: upper, input: { text: "${input.text}" }, output: shouted }
+output:
+  text: "${shouted.text}"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_given_one_node_serves_every_shard() {
+    let dir = TempDir::new("cluster-worker");
+    let members = cluster(&dir).await;
+    members[0].api.deploy(WORKED).await;
+    leaders(&members).await;
+    let client = troupe_client::Client::connect(members[0].node.native_addr().to_string())
+        .await
+        .unwrap();
+    let worker = troupe_client::Worker::new(&client, "upper").handle("upper", |task| async move {
+        let text = task.input["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_uppercase();
+        Ok(json!({ "text": text }))
+    });
+    let worker = tokio::spawn(worker.run());
+    let ids: Vec<String> = (0..SHARDS).map(|shard| id_on(shard, 7)).collect();
+    for id in &ids {
+        assert!(
+            members[2]
+                .api
+                .start_retrying("worked", id, json!({"text": id}))
+                .await
+        );
+    }
+    for id in &ids {
+        let view = members[1].api.wait_status(id, "completed").await;
+        assert_eq!(view["output"]["text"], id.to_uppercase(), "{view}");
+    }
+    worker.abort();
+    for m in members {
+        m.node.shutdown().await;
+    }
+}

@@ -14,22 +14,28 @@ use troupe_engine::engine::{Event, Instance, InstanceStatus, Millis, StepRun, Ti
 enum BatchOp {
     Put {
         table: Table,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     Delete {
         table: Table,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Removes every key in `[from, to)`.
     DeleteRange {
         table: Table,
+        #[serde(with = "serde_bytes")]
         from: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         to: Vec<u8>,
     },
     /// Adds to a little-endian i64 counter.
     Add {
         table: Table,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         delta: i64,
     },

@@ -23,8 +23,8 @@ pub struct Committer {
     _thread: Arc<Joined>,
 }
 
-/// Joins the commit thread on drop.
-struct Joined(Option<std::thread::JoinHandle<()>>);
+/// Joins a storage thread on drop.
+pub(crate) struct Joined(pub(crate) Option<std::thread::JoinHandle<()>>);
 
 impl Drop for Joined {
     fn drop(&mut self) {

@@ -173,7 +173,9 @@ pub type Flushed = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// across groups).
 #[derive(Clone)]
 pub struct WalSyncer {
+    // Dropped before `_thread`, so the thread sees its queue close and ends.
     tx: mpsc::Sender<Flushed>,
+    _thread: std::sync::Arc<crate::commit::Joined>,
 }
 
 impl WalSyncer {
@@ -181,7 +183,7 @@ impl WalSyncer {
     /// (the WAL is written but not fsynced, as the single node's `sync = false`).
     pub fn start(store: Store, sync: bool) -> Self {
         let (tx, rx) = mpsc::channel::<Flushed>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("troupe-wal-sync".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
@@ -203,7 +205,12 @@ impl WalSyncer {
                 }
             })
             .expect("spawn wal sync thread");
-        Self { tx }
+        // The last handle joins the thread, which closes its store handle:
+        // RocksDB must be closed before the process exits.
+        Self {
+            tx,
+            _thread: std::sync::Arc::new(crate::commit::Joined(Some(thread))),
+        }
     }
 
     /// Calls `done` once everything written before this call is durable.

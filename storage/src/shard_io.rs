@@ -13,8 +13,10 @@ pub struct ShardEntry {
     /// Table.
     pub table: Table,
     /// Key (starts with the shard).
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Stored value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 

@@ -139,6 +139,36 @@ impl Store {
             .put_cf(self.cf(keys::META), key, codec::encode(value))?)
     }
 
+    /// This data dir's incarnation: a random number drawn when the data dir
+    /// was created. A cluster member whose data dir is lost comes back with
+    /// another one, which its peers refuse. Returns it and whether it was
+    /// drawn now.
+    pub fn incarnation(&self) -> Result<(u64, bool)> {
+        if let Some(found) = self.get::<u64>(keys::META, b"incarnation")? {
+            return Ok((found, false));
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let drawn = troupe_protocol::stable_hash(
+            format!("{nanos}/{}/{:p}", std::process::id(), &nanos).as_bytes(),
+        ) | 1;
+        self.put_meta(b"incarnation", &drawn)?;
+        self.db.flush_wal(true)?;
+        Ok((drawn, true))
+    }
+
+    /// The incarnation this node knows of member `node` (first seen).
+    pub fn peer_incarnation(&self, node: u64) -> Result<Option<u64>> {
+        self.get(keys::META, format!("peer/{node}").as_bytes())
+    }
+
+    /// Records member `node`'s incarnation (synced).
+    pub fn set_peer_incarnation(&self, node: u64, incarnation: u64) -> Result<()> {
+        self.put_meta(format!("peer/{node}").as_bytes(), &incarnation)?;
+        Ok(self.db.flush_wal(true)?)
+    }
+
     /// The shard count.
     pub fn shards(&self) -> u32 {
         self.shards

@@ -120,6 +120,14 @@ impl NodeProcess {
     }
 }
 
+/// A test never leaves a node running behind it, whatever way it ends.
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// An in-process node with a client.
 pub struct TestNode {
     pub node: Node,
