@@ -314,7 +314,11 @@ async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
         None => args.cluster.clone(),
     };
     let mut target = match (&args.native, &args.http, members.first(), &local) {
-        (_, _, Some(first), Some(local)) => Target::remote(first.clone(), local.https[0].clone()),
+        (_, _, Some(first), Some(local)) => {
+            let mut target = Target::remote(first.clone(), local.https[0].clone());
+            target.others = local.https[1..].to_vec();
+            target
+        }
         (_, http, Some(first), None) => {
             Target::remote(first.clone(), http.clone().unwrap_or_default())
         }

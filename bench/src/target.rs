@@ -13,6 +13,9 @@ pub struct Target {
     pub native: String,
     /// HTTP base URL.
     pub http: String,
+    /// The other members' HTTP bases, in a cluster (their counters are
+    /// added to this node's).
+    pub others: Vec<String>,
     child: Option<Child>,
     dir: Option<PathBuf>,
 }
@@ -42,6 +45,7 @@ impl Target {
         Ok(Self {
             native,
             http,
+            others: Vec::new(),
             child: Some(child),
             dir: Some(dir),
         })
@@ -69,6 +73,7 @@ impl Target {
         Self {
             native,
             http,
+            others: Vec::new(),
             child: None,
             dir: None,
         }
@@ -95,12 +100,25 @@ impl Target {
         std::sync::Arc::new(move || pid.and_then(rss_of).map(|(now, _)| now))
     }
 
-    /// The node's Prometheus metrics.
+    /// The node's Prometheus metrics; in a cluster, followed by the other
+    /// members' counters (their quantiles left out), so that sums cover
+    /// the whole cluster.
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        Ok(reqwest::get(format!("{}/metrics", self.http))
+        let mut text = reqwest::get(format!("{}/metrics", self.http))
             .await?
             .text()
-            .await?)
+            .await?;
+        for other in &self.others {
+            let more = reqwest::get(format!("{other}/metrics"))
+                .await?
+                .text()
+                .await?;
+            for line in more.lines().filter(|l| !l.contains("quantile=")) {
+                text.push('\n');
+                text.push_str(line);
+            }
+        }
+        Ok(text)
     }
 }
 
