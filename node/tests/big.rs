@@ -42,22 +42,6 @@ async fn completes_with(api: &Api, id: &str, items: &[u64], runs: u64) {
     );
 }
 
-/// The value of an unlabelled counter in a Prometheus text page.
-async fn counter(api: &Api, name: &str) -> f64 {
-    let text = api
-        .client
-        .get(format!("{}/metrics", api.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_foreach_writes_snapshots_in_proportion_to_its_journal() {
     let dir = TempDir::new("big-foreach");
@@ -74,8 +58,8 @@ async fn a_big_foreach_writes_snapshots_in_proportion_to_its_journal() {
     // snapshot bytes; a snapshot each time the journal outweighs the last
     // one keeps them within a small multiple of the journal (plus the
     // final state, written when the instance ends).
-    let journal = counter(&api, "troupe_journal_bytes_total").await;
-    let snapshots = counter(&api, "troupe_snapshot_bytes_total").await;
+    let journal = api.metric("troupe_journal_bytes_total").await;
+    let snapshots = api.metric("troupe_snapshot_bytes_total").await;
     assert!(journal > 0.0);
     assert!(
         snapshots < 3.0 * journal,

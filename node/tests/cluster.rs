@@ -5,30 +5,14 @@
 
 mod common;
 
-use common::{Api, TempDir, eventually, init_tracing};
+use common::{Api, TempDir, eventually, free_port, init_tracing, nap_flow};
 use serde_json::json;
 use std::time::Duration;
 use troupe_cluster::LinkFilter;
 use troupe_node::{Config, Node, TaskHandlers};
 
-const FLOW: &str = r#"
-name: flow
-version: 1
-steps:
-  - { id: a, task: noop }
-  - { id: nap, wait: 200ms }
-  - { id: b, task: noop }
-"#;
-
 const SHARDS: u32 = 4;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const NAP: &str = "200ms";
 
 /// A three-member cluster config (ports picked now) for node `id`.
 fn configs(dir: &TempDir) -> Vec<Config> {
@@ -115,7 +99,7 @@ async fn digests(members: &[Member], shard: u32) -> Vec<u64> {
 async fn any_node_serves_and_a_partitioned_leader_never_acknowledges() {
     let dir = TempDir::new("cluster");
     let members = cluster(&dir).await;
-    members[0].api.deploy(FLOW).await;
+    members[0].api.deploy(&nap_flow(NAP)).await;
     let leaders = leaders(&members).await;
 
     // Any node takes any start and any read; the leader runs it.

@@ -6,29 +6,13 @@
 
 mod common;
 
-use common::{Api, NodeProcess, TempDir, eventually};
+use common::{Api, NodeProcess, TempDir, eventually, free_port, nap_flow};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const FLOW: &str = r#"
-name: flow
-version: 1
-steps:
-  - { id: a, task: noop }
-  - { id: nap, wait: 300ms }
-  - { id: b, task: noop }
-"#;
-
 const SHARDS: u32 = 8;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const NAP: &str = "300ms";
 
 /// Writes the cluster's config file; returns it and each node's HTTP base.
 fn write_config(dir: &Path) -> (PathBuf, Vec<String>) {
@@ -101,23 +85,6 @@ impl Cluster {
     }
 }
 
-/// A counter's value from a node's Prometheus endpoint (0 when absent).
-async fn metric(api: &Api, name: &str) -> f64 {
-    let text = api
-        .client
-        .get(format!("{}/metrics", api.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_leader_loses_nothing_acknowledged() {
     let dir = TempDir::new("cluster-proc");
@@ -131,7 +98,7 @@ async fn a_killed_leader_loses_nothing_acknowledged() {
     for id in 1..=3 {
         cluster.start_node(id);
     }
-    cluster.api(1).deploy(FLOW).await;
+    cluster.api(1).deploy(&nap_flow(NAP)).await;
     let leaders = cluster.leaders().await;
 
     // Steady starts through every node while the busiest leader dies.
@@ -174,11 +141,10 @@ async fn a_killed_leader_loses_nothing_acknowledged() {
     // their logs) and every replica of every shard ends identical.
     cluster.start_node(victim);
     cluster.leaders().await;
-    let installed = metric(
-        &cluster.api(victim),
-        "troupe_raft_snapshots_installed_total",
-    )
-    .await;
+    let installed = cluster
+        .api(victim)
+        .metric("troupe_raft_snapshots_installed_total")
+        .await;
     assert!(
         installed > 0.0,
         "the restarted node caught up without a snapshot"

@@ -207,6 +207,27 @@ impl Api {
         )
     }
 
+    /// The sum of a metric's samples (every label set) on the node's
+    /// Prometheus page; 0 when absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.send("GET", path, None).await
     }
@@ -284,6 +305,22 @@ impl Api {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// A loopback port free right now (for configs that name their peers' ports).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A workflow of two `noop` steps around a durable timer of `nap`.
+pub fn nap_flow(nap: &str) -> String {
+    format!(
+        "name: flow\nversion: 1\nsteps:\n  - {{ id: a, task: noop }}\n  - {{ id: nap, wait: {nap} }}\n  - {{ id: b, task: noop }}\n"
+    )
 }
 
 /// Percent-encodes a path segment.
