@@ -30,7 +30,7 @@ A three-node Troupe cluster is running (every shard on all three nodes):
 Logs: .troupe-data/cluster-node-N.log
 
 Which node leads which shards:
-  $bin/troupe --addr 127.0.0.1:7071 cluster
+  $bin/troupe --addr 127.0.0.1:8081 cluster
 
 Any node takes any request:
   curl -s -XPOST http://127.0.0.1:8082/v1/workflows -d '{"definition":"hello","id":"hello-1","input":{"name":"Ann"}}'
