@@ -268,6 +268,16 @@ impl Cluster {
         outcome.await.unwrap_or(Err(not_leader))
     }
 
+    /// Whether member `node` is up as this node sees it: itself, or a peer
+    /// that answered Raft traffic within two election timeouts.
+    pub fn is_up(&self, node: NodeId) -> bool {
+        node == self.config.node_id
+            || self.transport.heard_from(
+                node,
+                Duration::from_millis(2 * self.config.election_timeout_ms.1),
+            )
+    }
+
     /// The leader of `shard` as this node knows it.
     pub fn leader_of(&self, shard: GroupId) -> Option<NodeId> {
         self.groups

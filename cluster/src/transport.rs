@@ -198,6 +198,8 @@ pub struct Transport {
     links: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Queued>>>,
     groups: RwLock<HashMap<GroupId, Raft>>,
     next_id: AtomicU64,
+    /// When each peer last answered.
+    heard: Mutex<HashMap<NodeId, std::time::Instant>>,
     /// Dropped links (tests).
     pub filter: LinkFilter,
 }
@@ -218,6 +220,7 @@ impl Transport {
             links: Mutex::default(),
             groups: RwLock::default(),
             next_id: AtomicU64::new(1),
+            heard: Mutex::default(),
             filter,
         })
     }
@@ -317,6 +320,16 @@ impl Transport {
         Ok(())
     }
 
+    /// Whether `peer` answered within `within` (Raft traffic never stops
+    /// between live members: heartbeats flow even when idle).
+    pub fn heard_from(&self, peer: NodeId, within: Duration) -> bool {
+        self.heard
+            .lock()
+            .expect("heard lock")
+            .get(&peer)
+            .is_some_and(|at| at.elapsed() < within)
+    }
+
     fn refuse(&self, peer: NodeId, reason: String) {
         tracing::error!(node = self.me, peer, %reason, "member refused");
         self.refused
@@ -411,6 +424,8 @@ async fn run_link(
                     if transport.filter.is_cut(to, transport.me) {
                         continue;
                     }
+                    let now = std::time::Instant::now();
+                    transport.heard.lock().expect("heard lock").insert(to, now);
                     let done = waiting.lock().expect("waiting lock").remove(&id);
                     if let Some(done) = done {
                         let _ = done.send(reply.map_err(|e| SendError::Remote(to, e)));

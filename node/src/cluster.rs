@@ -222,7 +222,7 @@ impl Peers {
                     "http_addr": m.http_addr.to_string(),
                     "native_addr": m.native_addr.to_string(),
                     "raft_addr": m.raft_addr.to_string(),
-                    "state": "active",
+                    "state": if self.cluster.is_up(m.id) { "active" } else { "down" },
                     "leads": leading.get(&m.id).copied().unwrap_or(0),
                     "this": m.id == self.me,
                 })

@@ -127,6 +127,19 @@ async fn a_killed_leader_loses_nothing_acknowledged() {
         acknowledged.len()
     );
 
+    // The survivors see the killed node as down.
+    let observer = cluster.api(cluster.up()[0]);
+    eventually(10, "the killed node shown down", || async {
+        let (_, view) = observer.get("/v1/cluster").await;
+        let node = view["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"] == victim)?
+            .clone();
+        (node["state"] == "down").then_some(())
+    })
+    .await;
+
     // Every acknowledged workflow finishes, read through any survivor.
     let reader = cluster.api(cluster.up()[0]);
     for id in &acknowledged {
