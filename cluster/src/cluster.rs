@@ -240,32 +240,27 @@ impl Cluster {
         &self.config
     }
 
-    /// The transport's link filter (partition tests).
-    pub fn links(&self) -> &LinkFilter {
-        &self.transport.filter
-    }
-
     /// Commits `batch` to `shard`'s group as its current leader, returning
     /// once a quorum holds it and it is applied here. Batches proposed
     /// while earlier ones are in flight share one Raft entry.
     pub async fn propose(&self, batch: ShardBatch) -> Result<(), ProposeError> {
         let shard = batch.shard();
-        let not_leader = ProposeError::NotLeader {
+        let not_leader = || ProposeError::NotLeader {
             shard,
             leader: self.leader_of(shard),
         };
         let Some(group) = self.groups.get(&shard) else {
-            return Err(not_leader);
+            return Err(not_leader());
         };
         if group.leading.read().expect("leading lock").is_none() {
             metrics::counter!(crate::metrics::NOT_LEADER_TOTAL).increment(1);
-            return Err(not_leader);
+            return Err(not_leader());
         }
         let (done, outcome) = oneshot::channel();
         if group.proposals.send((batch, done)).is_err() {
-            return Err(not_leader);
+            return Err(not_leader());
         }
-        outcome.await.unwrap_or(Err(not_leader))
+        outcome.await.unwrap_or_else(|_| Err(not_leader()))
     }
 
     /// Whether member `node` is up as this node sees it: itself, or a peer
@@ -283,13 +278,6 @@ impl Cluster {
         self.groups
             .get(&shard)
             .and_then(|g| g.raft.metrics().borrow_watched().current_leader)
-    }
-
-    /// Whether this node leads `shard` with complete state.
-    pub fn leads(&self, shard: GroupId) -> bool {
-        self.groups
-            .get(&shard)
-            .is_some_and(|g| g.leading.read().expect("leading lock").is_some())
     }
 
     /// Every shard's replication state as this node sees it.

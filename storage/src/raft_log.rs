@@ -129,10 +129,7 @@ impl Store {
             debug_assert_eq!(shard_batch.shard(), shard);
             shard_batch.write_to(self, &mut batch);
         }
-        let cf = self.cf(keys::RAFT_STATE);
-        for (name, value) in state {
-            batch.put_cf(cf, keys::raft_state(shard, name), value);
-        }
+        self.put_states(shard, state, &mut batch);
         Ok(self.db.write(batch)?)
     }
 
@@ -148,13 +145,19 @@ impl Store {
         let mut batch = WriteBatch::default();
         self.delete_shard_into(shard, &mut batch);
         self.import_into(shard, entries, &mut batch)?;
-        let cf = self.cf(keys::RAFT_STATE);
-        for (name, value) in state {
-            batch.put_cf(cf, keys::raft_state(shard, name), value);
-        }
+        self.put_states(shard, state, &mut batch);
         let mut options = WriteOptions::default();
         options.set_sync(true);
         Ok(self.db.write_opt(batch, &options)?)
+    }
+}
+
+impl Store {
+    fn put_states(&self, group: u32, state: Vec<StateValue>, batch: &mut WriteBatch) {
+        let cf = self.cf(keys::RAFT_STATE);
+        for (name, value) in state {
+            batch.put_cf(cf, keys::raft_state(group, name), value);
+        }
     }
 }
 
