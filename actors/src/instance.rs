@@ -33,6 +33,9 @@ pub enum WorkflowMsg {
     Shed,
 }
 
+// Local only: never sent to another node.
+impl ractor::Message for WorkflowMsg {}
+
 /// Spawn arguments.
 pub struct WorkflowArgs {
     /// Instance id.

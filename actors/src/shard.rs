@@ -52,6 +52,9 @@ pub enum ShardMsg {
     },
 }
 
+// Local only: never sent to another node.
+impl ractor::Message for ShardMsg {}
+
 /// Spawn arguments.
 pub struct ShardArgs {
     /// Shard number.

@@ -38,9 +38,11 @@ impl LocalCluster {
         let (mut natives, mut https) = (Vec::new(), Vec::new());
         for id in 1..=3 {
             let (http, native, raft) = (free_port()?, free_port()?, free_port()?);
+            let control = free_port()?;
             members.push_str(&format!(
                 "[[cluster.members]]\nid = {id}\nhttp-addr = \"127.0.0.1:{http}\"\n\
-                 native-addr = \"127.0.0.1:{native}\"\nraft-addr = \"127.0.0.1:{raft}\"\n"
+                 native-addr = \"127.0.0.1:{native}\"\nraft-addr = \"127.0.0.1:{raft}\"\n\
+                 control-addr = \"127.0.0.1:{control}\"\n"
             ));
             natives.push(format!("127.0.0.1:{native}"));
             https.push(format!("http://127.0.0.1:{http}"));
@@ -50,7 +52,7 @@ impl LocalCluster {
             &config,
             format!(
                 "data-dir = \"{}/node-{{node-id}}\"\nshards = {shards}\n[storage]\nsync = true\n\
-                 [cluster]\nreplication-factor = 3\n{members}",
+                 [cluster]\nreplication-factor = 3\ncookie = \"bench\"\n{members}",
                 dir.display()
             ),
         )?;

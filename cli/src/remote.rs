@@ -439,6 +439,14 @@ impl Remote {
                 println!();
                 table(&["SHARD", "LEADER", "REPLICAS", "TERM"], &shards);
             }
+            if !v["epoch"].is_null() {
+                println!(
+                    "\ncluster map epoch {}; metadata group led by node {} (term {})",
+                    v["epoch"],
+                    text(&v["metadata"]["leader"]),
+                    v["metadata"]["term"]
+                );
+            }
         });
         Ok(())
     }

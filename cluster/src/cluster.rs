@@ -3,6 +3,7 @@
 
 use crate::log_store::LogStore;
 use crate::network::Network;
+use crate::state_machine::MetaChange;
 use crate::state_machine::ShardMachine;
 use crate::transport::{Identity, LinkFilter, Transport};
 use crate::types::{GroupId, NodeId, Raft, TypeConfig};
@@ -15,7 +16,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use troupe_storage::{ShardBatch, Store, WalSyncer};
+use tracing::Instrument;
+use troupe_storage::{ClusterMap, META_GROUP, ShardBatch, Store, WalSyncer};
 
 /// How the cluster is laid out and timed.
 #[derive(Debug, Clone)]
@@ -36,13 +38,19 @@ pub struct ClusterConfig {
     pub snapshot_after: u64,
     /// fsync log appends before acknowledging them.
     pub sync: bool,
+    /// The cluster's shared cookie: peers presenting another are refused.
+    pub cookie: Option<String>,
 }
 
 impl ClusterConfig {
     /// The nodes holding `shard`'s replicas: `replication_factor` members
     /// in id order, starting at the shard's position (spreads leaders).
+    /// The metadata group is on every member.
     pub fn replicas(&self, shard: GroupId) -> Vec<NodeId> {
         let ids: Vec<NodeId> = self.members.keys().copied().collect();
+        if shard == META_GROUP {
+            return ids;
+        }
         let count = self.replication_factor.min(ids.len());
         (0..count)
             .map(|k| ids[(shard as usize + k) % ids.len()])
@@ -105,7 +113,7 @@ struct Group {
 type LeaderId = openraft::alias::CommittedLeaderIdOf<TypeConfig>;
 
 /// A batch waiting to be proposed, and who waits for its outcome.
-type Proposal = (ShardBatch, oneshot::Sender<Result<(), ProposeError>>);
+type Proposal = (ShardBatch, oneshot::Sender<Result<u64, ProposeError>>);
 
 /// Proposals of one shard in flight at once.
 const PROPOSALS_IN_FLIGHT: usize = 4;
@@ -133,6 +141,9 @@ pub struct ShardStatus {
 /// The Raft groups of this node.
 pub struct Cluster {
     config: ClusterConfig,
+    store: Store,
+    /// What the metadata group applies, until the node takes it.
+    meta_changes: std::sync::Mutex<Option<mpsc::UnboundedReceiver<MetaChange>>>,
     transport: Arc<Transport>,
     groups: HashMap<GroupId, Group>,
     /// Raft and the transport run here, apart from the actors, so that
@@ -150,18 +161,21 @@ impl Cluster {
         listen: SocketAddr,
         filter: LinkFilter,
     ) -> std::io::Result<(Arc<Self>, mpsc::UnboundedReceiver<Leadership>)> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("troupe-raft")
-            .enable_all()
-            .build()?;
+        let mut owned = Background(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("troupe-raft")
+                .enable_all()
+                .build()?,
+        ));
+        let runtime = owned.0.as_ref().expect("runtime").handle().clone();
         let peers: HashMap<NodeId, SocketAddr> = config
             .members
             .iter()
             .filter(|(id, _)| **id != config.node_id)
             .map(|(id, addr)| (*id, *addr))
             .collect();
-        let identity = Identity::new(store.clone())?;
+        let identity = Identity::new(store.clone(), config.cookie.as_deref())?;
         let transport = Transport::new(config.node_id, identity, peers, filter);
         let listener = runtime
             .spawn(async move { tokio::net::TcpListener::bind(listen).await })
@@ -173,20 +187,21 @@ impl Cluster {
             .spawn(async move { greeter.greet_peers().await })
             .await
             .map_err(std::io::Error::other)?
-            .map_err(|reason| {
-                std::io::Error::other(format!(
-                    "refused by the cluster: {reason}; start it on its original data dir, \
-                     or replace the member (see docs/cluster.md)"
-                ))
-            })?;
+            .map_err(|reason| std::io::Error::other(format!("refused by the cluster: {reason}")))?;
         let syncer = WalSyncer::start(store.clone(), config.sync);
         let (events, leadership) = mpsc::unbounded_channel();
+        let (changes, meta_changes) = mpsc::unbounded_channel();
         let mut groups = HashMap::new();
-        for shard in 0..config.shards {
+        for shard in (0..config.shards).chain([META_GROUP]) {
             let replicas = config.replicas(shard);
             if !replicas.contains(&config.node_id) {
                 continue;
             }
+            let machine = if shard == META_GROUP {
+                ShardMachine::meta(store.clone(), changes.clone())
+            } else {
+                ShardMachine::new(store.clone(), shard)
+            };
             let raft = runtime
                 .spawn(new_group(
                     config.clone(),
@@ -194,6 +209,7 @@ impl Cluster {
                     store.clone(),
                     syncer.clone(),
                     transport.clone(),
+                    machine,
                 ))
                 .await
                 .map_err(std::io::Error::other)??;
@@ -212,10 +228,12 @@ impl Cluster {
         }
         let cluster = Arc::new(Self {
             config,
+            store,
+            meta_changes: std::sync::Mutex::new(Some(meta_changes)),
             transport,
             groups,
-            handle: runtime.handle().clone(),
-            runtime: std::sync::Mutex::new(Some(runtime)),
+            handle: runtime,
+            runtime: std::sync::Mutex::new(owned.0.take()),
         });
         for (&shard, group) in &cluster.groups {
             let lease = Duration::from_millis(cluster.config.election_timeout_ms.0);
@@ -235,15 +253,60 @@ impl Cluster {
         &self.handle
     }
 
+    /// Starts the control plane on the replication runtime (apart from the
+    /// actors, like Raft, so that load cannot starve its pings).
+    pub async fn start_control(
+        &self,
+        config: crate::ControlConfig,
+    ) -> std::io::Result<Arc<crate::Control>> {
+        self.runtime()
+            .spawn(crate::Control::start(config))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ClusterConfig {
         &self.config
     }
 
-    /// Commits `batch` to `shard`'s group as its current leader, returning
-    /// once a quorum holds it and it is applied here. Batches proposed
-    /// while earlier ones are in flight share one Raft entry.
-    pub async fn propose(&self, batch: ShardBatch) -> Result<(), ProposeError> {
+    /// What the metadata group applies here (definitions deployed,
+    /// snapshots installed); the first caller takes it.
+    pub fn take_meta_changes(&self) -> Option<mpsc::UnboundedReceiver<MetaChange>> {
+        self.meta_changes.lock().expect("meta lock").take()
+    }
+
+    /// The cluster map as applied here, once the metadata group wrote one.
+    pub fn cluster_map(&self) -> Option<ClusterMap> {
+        self.store.cluster_map().ok().flatten()
+    }
+
+    /// Waits until `group` has applied entry `index` here; false after
+    /// `timeout`.
+    pub async fn wait_applied(&self, group: GroupId, index: u64, timeout: Duration) -> bool {
+        let Some(g) = self.groups.get(&group) else {
+            return false;
+        };
+        let mut metrics = g.raft.metrics();
+        let reached = async {
+            loop {
+                let applied = metrics.borrow_watched().last_applied.map(|l| l.index());
+                if applied.is_some_and(|a| a >= index) {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, reached).await.is_ok()
+    }
+
+    /// Commits `batch` to its group as the group's current leader,
+    /// returning the entry's index once a quorum holds it and it is
+    /// applied here. Batches proposed while earlier ones are in flight
+    /// share one Raft entry.
+    pub async fn propose(&self, batch: ShardBatch) -> Result<u64, ProposeError> {
         let shard = batch.shard();
         let not_leader = || ProposeError::NotLeader {
             shard,
@@ -283,33 +346,37 @@ impl Cluster {
     /// Every shard's replication state as this node sees it.
     pub fn status(&self) -> Vec<ShardStatus> {
         (0..self.config.shards)
-            .map(|shard| {
-                let replicas = self.config.replicas(shard);
-                match self.groups.get(&shard) {
-                    Some(group) => {
-                        let m = group.raft.metrics().borrow_watched().clone();
-                        let voters: Vec<NodeId> =
-                            m.membership_config.membership().voter_ids().collect();
-                        ShardStatus {
-                            id: shard,
-                            leader: m.current_leader,
-                            replicas: if voters.is_empty() { replicas } else { voters },
-                            term: m.current_term,
-                            applied: m.last_applied.map(|l| l.index()),
-                            role: format!("{:?}", m.state).to_lowercase(),
-                        }
-                    }
-                    None => ShardStatus {
-                        id: shard,
-                        leader: None,
-                        replicas,
-                        term: 0,
-                        applied: None,
-                        role: "none".into(),
-                    },
-                }
-            })
+            .map(|shard| self.group_status(shard))
             .collect()
+    }
+
+    /// The metadata group's replication state as this node sees it.
+    pub fn meta_status(&self) -> ShardStatus {
+        self.group_status(META_GROUP)
+    }
+
+    fn group_status(&self, shard: GroupId) -> ShardStatus {
+        let replicas = self.config.replicas(shard);
+        let Some(group) = self.groups.get(&shard) else {
+            return ShardStatus {
+                id: shard,
+                leader: None,
+                replicas,
+                term: 0,
+                applied: None,
+                role: "none".into(),
+            };
+        };
+        let m = group.raft.metrics().borrow_watched().clone();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        ShardStatus {
+            id: shard,
+            leader: m.current_leader,
+            replicas: if voters.is_empty() { replicas } else { voters },
+            term: m.current_term,
+            applied: m.last_applied.map(|l| l.index()),
+            role: format!("{:?}", m.state).to_lowercase(),
+        }
     }
 
     /// Stops every group and the Raft runtime, so that nothing holds the
@@ -332,6 +399,18 @@ impl Cluster {
     }
 }
 
+/// A runtime shut down without blocking when dropped: starting can fail
+/// inside an async context, where a plain drop would panic.
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         if let Some(runtime) = self.runtime.lock().expect("runtime lock").take() {
@@ -346,6 +425,7 @@ async fn new_group(
     store: Store,
     syncer: WalSyncer,
     transport: Arc<Transport>,
+    machine: ShardMachine,
 ) -> std::io::Result<Raft> {
     let raft_config = Config {
         cluster_name: "troupe".into(),
@@ -370,7 +450,6 @@ async fn new_group(
     };
     let raft_config = Arc::new(raft_config.validate().map_err(std::io::Error::other)?);
     let log = LogStore::new(store.clone(), shard, syncer);
-    let machine = ShardMachine::new(store, shard);
     let network = Network::new(transport, shard);
     let raft = Raft::new(config.node_id, raft_config, network, log, machine)
         .await
@@ -418,13 +497,23 @@ async fn run_proposer(
         }
         metrics::histogram!(crate::metrics::ENTRY_TRANSITIONS).record(waiting.len() as f64);
         let (raft, leader) = (raft.clone(), *leading.read().expect("leading lock"));
-        tokio::spawn(async move {
-            let outcome = write_entry(shard, &raft, leader, batch).await;
-            for done in waiting {
-                let _ = done.send(outcome.clone());
+        let span = tracing::debug_span!(
+            "propose",
+            shard,
+            node = *raft.node_id(),
+            term = leader.map(|l| l.term),
+            transitions = waiting.len()
+        );
+        tokio::spawn(
+            async move {
+                let outcome = write_entry(shard, &raft, leader, batch).await;
+                for done in waiting {
+                    let _ = done.send(outcome.clone());
+                }
+                drop(slot);
             }
-            drop(slot);
-        });
+            .instrument(span),
+        );
     }
 }
 
@@ -434,7 +523,7 @@ async fn write_entry(
     raft: &Raft,
     leader: Option<LeaderId>,
     batch: ShardBatch,
-) -> Result<(), ProposeError> {
+) -> Result<u64, ProposeError> {
     let not_leader = || {
         metrics::counter!(crate::metrics::NOT_LEADER_TOTAL).increment(1);
         ProposeError::NotLeader {
@@ -451,12 +540,30 @@ async fn write_entry(
         .await
         .map_err(|e| failed(e.to_string()))?;
     match tokio::time::timeout(PROPOSE_TIMEOUT, done).await {
-        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Ok(written))) => Ok(written.log_id.index()),
         Ok(Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(_)))) => Err(not_leader()),
         Ok(Ok(Err(other))) => Err(failed(other.to_string())),
         Ok(Err(_)) => Err(not_leader()),
         // Maybe committed later (a retry with the same id is idempotent).
         Err(_) => Err(failed("no quorum answered in time".into())),
+    }
+}
+
+/// Has the metadata group's first leader write the cluster map of the
+/// configured members (epoch 1) when none is there yet.
+async fn write_first_map(cluster: Arc<Cluster>) {
+    if cluster.cluster_map().is_some() {
+        return;
+    }
+    let config = &cluster.config;
+    let map = ClusterMap {
+        epoch: 1,
+        members: config.members.keys().copied().collect(),
+        shards: config.shards,
+        replication_factor: config.replication_factor as u32,
+    };
+    if let Err(e) = cluster.propose(ShardBatch::cluster_map(&map)).await {
+        tracing::warn!(error = %e, "writing the first cluster map failed; the next leader retries");
     }
 }
 
@@ -517,7 +624,9 @@ async fn watch_leadership(
                     ?acked_ms_ago,
                     "shard leadership lost"
                 );
-                let _ = events.send(Leadership::Lost { shard });
+                if shard != META_GROUP {
+                    let _ = events.send(Leadership::Lost { shard });
+                }
                 led = None;
             }
             if let Some(term) = leading_term
@@ -527,7 +636,11 @@ async fn watch_leadership(
                     Some(leader.to_committed_leader_id());
                 metrics::counter!(crate::metrics::LEADER_CHANGES_TOTAL).increment(1);
                 tracing::info!(shard_id = shard, term, node = me, "shard leadership gained");
-                let _ = events.send(Leadership::Gained { shard, term });
+                if shard == META_GROUP {
+                    tokio::spawn(write_first_map(cluster.clone()));
+                } else {
+                    let _ = events.send(Leadership::Gained { shard, term });
+                }
                 led = Some(term);
             }
         }
@@ -554,6 +667,7 @@ mod tests {
             heartbeat_ms: 100,
             snapshot_after: 100,
             sync: false,
+            cookie: None,
         }
     }
 

@@ -11,10 +11,17 @@
 //!   and never run the engine.
 //! - A shard's snapshot is its whole key range, exported under a RocksDB
 //!   snapshot; installing one replaces the range.
+//! - One more group, [`troupe_storage::META_GROUP`], on every member,
+//!   holds the cluster's metadata: deployed definitions and the cluster
+//!   map with its epoch.
 //! - One TCP connection per node pair carries every group's messages
 //!   ([`transport`]), with a [`LinkFilter`] for partition tests.
+//! - [`control::Control`]: the control plane on `ractor_cluster` (cookie
+//!   authentication, a directory process group, a failure detector and
+//!   reconnection).
 
 mod cluster;
+pub mod control;
 mod log_store;
 pub mod metrics;
 mod network;
@@ -23,7 +30,8 @@ pub mod transport;
 mod types;
 
 pub use cluster::{Cluster, ClusterConfig, Leadership, ProposeError, ShardStatus};
+pub use control::{Control, ControlConfig, MemberState};
 pub use log_store::LogStore;
-pub use state_machine::ShardMachine;
+pub use state_machine::{MetaChange, ShardMachine};
 pub use transport::LinkFilter;
 pub use types::{GroupId, NodeId, TypeConfig};

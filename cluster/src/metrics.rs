@@ -12,3 +12,7 @@ pub const LEADER_CHANGES_TOTAL: &str = "troupe_raft_leader_changes_total";
 pub const NOT_LEADER_TOTAL: &str = "troupe_raft_not_leader_total";
 /// Transitions merged into each Raft entry proposed here.
 pub const ENTRY_TRANSITIONS: &str = "troupe_raft_entry_transitions";
+/// Control-plane link events, by `event` (ready, closed).
+pub const CONTROL_LINKS_TOTAL: &str = "troupe_cluster_control_links_total";
+/// Members seen going up or down by the failure detector, by `state`.
+pub const MEMBER_CHANGES_TOTAL: &str = "troupe_cluster_member_changes_total";

@@ -10,20 +10,32 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use std::io;
 use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
 use troupe_protocol::codec;
-use troupe_storage::{ShardEntry, Store};
+use troupe_storage::{ShardBatch, ShardEntry, Store};
 
 /// Bytes of a snapshot: the shard's entries, encoded.
 pub type SnapshotData = Vec<u8>;
 type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
-/// The state machine of one shard's group.
+/// A change of the metadata group's state, applied here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaChange {
+    /// These definitions (name, version) were deployed.
+    Deployed(Vec<(String, u32)>),
+    /// A snapshot replaced the metadata: reload it all.
+    Installed,
+}
+
+/// The state machine of one shard's group (or of the metadata group).
 #[derive(Clone)]
 pub struct ShardMachine {
     store: Store,
     shard: GroupId,
     /// The last snapshot built or installed (rebuilt on demand after a restart).
     current: Arc<Mutex<Option<Snapshot>>>,
+    /// Where the metadata group reports what it applied.
+    changes: Option<mpsc::UnboundedSender<MetaChange>>,
 }
 
 impl ShardMachine {
@@ -33,6 +45,15 @@ impl ShardMachine {
             store,
             shard,
             current: Arc::default(),
+            changes: None,
+        }
+    }
+
+    /// The metadata group's state machine, reporting what it applies.
+    pub fn meta(store: Store, changes: mpsc::UnboundedSender<MetaChange>) -> Self {
+        Self {
+            changes: Some(changes),
+            ..Self::new(store, troupe_storage::META_GROUP)
         }
     }
 
@@ -122,9 +143,19 @@ impl RaftStateMachine<TypeConfig> for ShardMachine {
         if let Some(membership) = &membership {
             state.push(("membership", codec::encode(membership)));
         }
+        let deployed: Vec<(String, u32)> = match &self.changes {
+            Some(_) => batches
+                .iter()
+                .flat_map(ShardBatch::deployed_definitions)
+                .collect(),
+            None => Vec::new(),
+        };
         self.store
             .apply_replicated(self.shard, batches, state)
             .map_err(io::Error::other)?;
+        if let (Some(changes), false) = (&self.changes, deployed.is_empty()) {
+            let _ = changes.send(MetaChange::Deployed(deployed));
+        }
         for responder in responders {
             responder.send(());
         }
@@ -151,6 +182,9 @@ impl RaftStateMachine<TypeConfig> for ShardMachine {
             .await
             .map_err(io::Error::other)?
             .map_err(io::Error::other)?;
+        if let Some(changes) = &self.changes {
+            let _ = changes.send(MetaChange::Installed);
+        }
         metrics::counter!(crate::metrics::SNAPSHOTS_INSTALLED_TOTAL).increment(1);
         tracing::info!(shard_id = shard, last = ?meta.last_log_id, "snapshot installed");
         *self.current.lock().expect("snapshot lock") = Some(Snapshot {

@@ -56,6 +56,8 @@ enum Frame {
     Hello {
         from: NodeId,
         incarnation: u64,
+        /// Digest of the cluster's cookie (0: none).
+        cluster: u64,
     },
     /// The answer to a hello: the callee's incarnation.
     Welcome {
@@ -128,14 +130,22 @@ type Queued = (u64, GroupId, Rpc, Waiting);
 pub struct Identity {
     /// This data dir's incarnation.
     pub incarnation: u64,
+    /// Digest of the cluster's cookie (0: none): members of another
+    /// cluster, or started with another cookie, are refused.
+    cluster: u64,
     store: troupe_storage::Store,
 }
 
 impl Identity {
-    /// The identity kept in `store`.
-    pub fn new(store: troupe_storage::Store) -> std::io::Result<Self> {
+    /// The identity kept in `store`, in the cluster of `cookie`.
+    pub fn new(store: troupe_storage::Store, cookie: Option<&str>) -> std::io::Result<Self> {
         let (incarnation, _) = store.incarnation().map_err(std::io::Error::other)?;
-        Ok(Self { incarnation, store })
+        let cluster = cookie.map_or(0, |c| troupe_protocol::stable_hash(c.as_bytes()));
+        Ok(Self {
+            incarnation,
+            cluster,
+            store,
+        })
     }
 
     /// Accepts `peer` with `incarnation` if it is the first seen or the same.
@@ -143,7 +153,8 @@ impl Identity {
         match self.store.peer_incarnation(peer) {
             Ok(Some(known)) if known != incarnation => Err(format!(
                 "node {peer} came back with another data dir (incarnation {incarnation:x}, \
-                 known as {known:x}); a member that lost its data must be replaced, not rejoined"
+                 known as {known:x}); a member that lost its data must be replaced, not \
+                 rejoined: start it on its original data dir, or replace it (docs/cluster.md)"
             )),
             Ok(Some(_)) => Ok(()),
             Ok(None) => self
@@ -171,6 +182,7 @@ async fn hello(stream: &mut TcpStream, me: NodeId, to: NodeId, identity: &Identi
     let greeting = Frame::Hello {
         from: me,
         incarnation: identity.incarnation,
+        cluster: identity.cluster,
     };
     if let Err(e) = write_frame(stream, &greeting).await {
         return Handshake::Unreachable(e.to_string());
@@ -467,7 +479,25 @@ async fn run_link(
 /// batches by one writer.
 async fn serve_connection(transport: Arc<Transport>, mut stream: TcpStream) {
     let from = match read_frame(&mut stream).await {
-        Ok(Frame::Hello { from, incarnation }) => {
+        Ok(Frame::Hello {
+            from,
+            incarnation,
+            cluster,
+        }) => {
+            if cluster != transport.identity.cluster {
+                // Not remembered: the node may come back with the right cookie.
+                let reason = format!(
+                    "node {from} presents another cluster cookie; every member must be \
+                     started with the cluster's cookie"
+                );
+                tracing::error!(
+                    node = transport.me,
+                    peer = from,
+                    "member refused: another cluster cookie"
+                );
+                let _ = write_frame(&mut stream, &Frame::Refused { reason }).await;
+                return;
+            }
             if let Err(reason) = transport.identity.check(from, incarnation) {
                 transport.refuse(from, reason.clone());
                 let _ = write_frame(&mut stream, &Frame::Refused { reason }).await;

@@ -76,32 +76,71 @@ fn not_found(id: &str) -> ApiError {
     ApiError::new(ErrorCode::WorkflowNotFound, format!("no workflow {id:?}"))
 }
 
-/// Deploys a definition document; `Ok(true)` when it is new.
+/// Deploys a definition document on this node alone; `Ok(true)` when it
+/// is new.
 pub async fn deploy(rt: &Runtime, source: &str) -> Result<(bool, DefinitionRecord)> {
+    let record = definition_record(source)?;
+    let (name, version) = (record.name.clone(), record.version);
+    let (created, stored) =
+        blocking(rt, move |store| Ok(store.deploy_definition(&record)?)).await?;
+    check_same(&stored, source)?;
+    rt.services.definitions.deployed(&name, version);
+    Ok((created, stored))
+}
+
+/// Deploys a definition document on this node, or through the cluster's
+/// metadata group on a cluster node: its summary, with `created`.
+pub async fn deploy_view(
+    rt: &Runtime,
+    peers: Option<&crate::cluster::Peers>,
+    source: &str,
+) -> Result<Json> {
+    if let Some(peers) = peers {
+        return peers.deploy(rt, source).await;
+    }
+    let (created, record) = deploy(rt, source).await?;
+    let mut view = definition_summary(&record);
+    view["created"] = Json::Bool(created);
+    Ok(view)
+}
+
+/// The record of a definition document, once it validates.
+pub fn definition_record(source: &str) -> Result<DefinitionRecord> {
     let def = definition::load(source).map_err(|issues| ApiError {
         code: ErrorCode::InvalidDefinition,
         message: format!("definition has {} error(s)", issues.len()),
         details: json!({ "errors": issues }),
     })?;
-    let record = DefinitionRecord {
-        name: def.name.clone(),
+    Ok(DefinitionRecord {
+        name: def.name,
         version: def.version,
         source: source.to_owned(),
         deployed_at: troupe_actors::now_millis(),
-    };
-    let (created, stored) =
-        blocking(rt, move |store| Ok(store.deploy_definition(&record)?)).await?;
-    if !created && stored.source != source {
-        return Err(ApiError::new(
-            ErrorCode::DefinitionConflict,
-            format!(
-                "{} v{} is already deployed with other content; deploy a new version",
-                def.name, def.version
-            ),
-        ));
+    })
+}
+
+/// Fails when `stored` (same name and version) holds another document.
+pub fn check_same(stored: &DefinitionRecord, source: &str) -> Result<()> {
+    if stored.source == source {
+        return Ok(());
     }
-    rt.services.definitions.deployed(&def.name, def.version);
-    Ok((created, stored))
+    Err(ApiError::new(
+        ErrorCode::DefinitionConflict,
+        format!(
+            "{} v{} is already deployed with other content; deploy a new version",
+            stored.name, stored.version
+        ),
+    ))
+}
+
+/// One stored definition version, read off the async workers.
+pub async fn stored_definition(
+    rt: &Runtime,
+    name: &str,
+    version: u32,
+) -> Result<Option<DefinitionRecord>> {
+    let name = name.to_owned();
+    blocking(rt, move |store| Ok(store.definition(&name, version)?)).await
 }
 
 /// Definition metadata (without the source).

@@ -3,7 +3,7 @@
 //! (activated on [`Leadership`] events); requests and internal commands
 //! for a shard led elsewhere go to its leader in one hop ([`Peers`]).
 
-use crate::api::ApiError;
+use crate::api::{self, ApiError};
 use crate::config::{ClusterSection, Config};
 use serde_json::{Value as Json, json};
 use std::collections::{BTreeMap, HashMap};
@@ -12,11 +12,15 @@ use troupe_actors::{
     Appending, Applied, Command, Error, Remote, RemoteReply, Runtime, ShardLog, WireCommand,
 };
 use troupe_client::{Client, RetryPolicy};
-use troupe_cluster::{Cluster, ClusterConfig, Leadership, LinkFilter, ProposeError};
+use troupe_cluster::{
+    Cluster, ClusterConfig, Control, ControlConfig, Leadership, LinkFilter, MemberState,
+    MetaChange, ProposeError,
+};
 use troupe_protocol::{ErrorCode, Request, Response};
-use troupe_storage::{ShardBatch, Store};
+use troupe_storage::{META_GROUP, ShardBatch, Store};
 
-/// Starts this node's Raft groups.
+/// Starts this node's Raft groups and, when members have control
+/// addresses, its control plane.
 pub async fn start(
     config: &Config,
     section: &ClusterSection,
@@ -24,6 +28,7 @@ pub async fn start(
     links: LinkFilter,
 ) -> anyhow::Result<(
     Arc<Cluster>,
+    Option<Arc<Control>>,
     tokio::sync::mpsc::UnboundedReceiver<Leadership>,
 )> {
     let me = section
@@ -45,8 +50,27 @@ pub async fn start(
         heartbeat_ms: section.heartbeat_interval.as_millis() as u64,
         snapshot_after: section.snapshot_after_entries,
         sync: config.storage.sync,
+        cookie: section.cookie.clone(),
     };
-    Ok(Cluster::start(store, cluster_config, me.raft_addr, links).await?)
+    let (cluster, leadership) = Cluster::start(store, cluster_config, me.raft_addr, links).await?;
+    let control = match me.control_addr {
+        None => None,
+        Some(listen) => {
+            let control_config = ControlConfig {
+                node_id: config.node_id,
+                listen,
+                cookie: section.cookie.clone().unwrap_or_default(),
+                members: section
+                    .members
+                    .iter()
+                    .filter_map(|m| Some((m.id, m.control_addr?)))
+                    .collect(),
+                down_after: 2 * section.election_timeout_max,
+            };
+            Some(cluster.start_control(control_config).await?)
+        }
+    };
+    Ok((cluster, control, leadership))
 }
 
 /// Proposes a shard's transitions to its group.
@@ -55,32 +79,44 @@ pub struct ReplicatedLog(pub Arc<Cluster>);
 impl ShardLog for ReplicatedLog {
     fn append(&self, batch: ShardBatch) -> Appending<'_> {
         Box::pin(async move {
-            self.0.propose(batch).await.map_err(|e| match e {
-                ProposeError::NotLeader { shard, leader } => Error::new(
-                    ErrorCode::Unavailable,
-                    format!("shard {shard} is now led by {leader:?}; retry"),
-                ),
-                ProposeError::Failed { .. } => Error::new(ErrorCode::Unavailable, e.to_string()),
-            })
+            self.0
+                .propose(batch)
+                .await
+                .map(|_| ())
+                .map_err(|e| match e {
+                    ProposeError::NotLeader { shard, leader } => Error::new(
+                        ErrorCode::Unavailable,
+                        format!("shard {shard} is now led by {leader:?}; retry"),
+                    ),
+                    ProposeError::Failed { .. } => {
+                        Error::new(ErrorCode::Unavailable, e.to_string())
+                    }
+                })
         })
     }
 }
 
 /// Activates a shard where this node leads it with complete state and
-/// stops its actors at once when the lead is lost.
+/// stops its actors at once when the lead is lost. Each change runs in a
+/// span carrying `shard`, `term` and `node`, so that a failover reads the
+/// same on every node's log.
 pub async fn follow_leadership(
     runtime: Runtime,
+    node: u64,
     mut events: tokio::sync::mpsc::UnboundedReceiver<Leadership>,
 ) {
+    use tracing::Instrument;
     while let Some(event) = events.recv().await {
         match event {
             Leadership::Gained { shard, term } => {
-                if let Err(e) = runtime.activate(shard).await {
-                    tracing::error!(shard_id = shard, term, error = %e, "activating a led shard failed");
+                let span = tracing::info_span!("activate", shard, term, node);
+                if let Err(e) = runtime.activate(shard).instrument(span.clone()).await {
+                    span.in_scope(|| tracing::error!(error = %e, "activating a led shard failed"));
                 }
             }
             Leadership::Lost { shard } => {
-                let _ = runtime.deactivate(shard).await;
+                let span = tracing::info_span!("deactivate", shard, node);
+                let _ = runtime.deactivate(shard).instrument(span).await;
             }
         }
     }
@@ -90,27 +126,54 @@ pub async fn follow_leadership(
 /// internal commands) or HTTP (proxied requests).
 pub struct Peers {
     cluster: Arc<Cluster>,
+    control: Option<Arc<Control>>,
     section: ClusterSection,
     me: u64,
     clients: tokio::sync::Mutex<HashMap<u64, Client>>,
     http: reqwest::Client,
+    /// Held by the deploy under way on the metadata leader.
+    deploys: tokio::sync::Mutex<()>,
 }
 
 impl Peers {
     /// Peers of node `me`.
-    pub fn new(cluster: Arc<Cluster>, section: ClusterSection, me: u64) -> Arc<Self> {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        control: Option<Arc<Control>>,
+        section: ClusterSection,
+        me: u64,
+    ) -> Arc<Self> {
         Arc::new(Self {
             cluster,
+            control,
             section,
             me,
             clients: Default::default(),
             http: reqwest::Client::new(),
+            deploys: Default::default(),
         })
     }
 
     /// The cluster.
     pub fn cluster(&self) -> &Arc<Cluster> {
         &self.cluster
+    }
+
+    /// Whether member `node` is up: by the control plane's failure
+    /// detector where there is one, else by Raft traffic.
+    pub fn is_up(&self, node: u64) -> bool {
+        match &self.control {
+            Some(control) => control.state(node) == MemberState::Up,
+            None => self.cluster.is_up(node),
+        }
+    }
+
+    /// Stops the control plane and every Raft group.
+    pub async fn shutdown(&self) {
+        if let Some(control) = &self.control {
+            control.shutdown();
+        }
+        self.cluster.shutdown().await;
     }
 
     /// The node leading `shard`, when it is another one.
@@ -186,21 +249,114 @@ impl Peers {
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
     }
 
-    /// Deploys `source` on every other member (best effort: a member that is
-    /// down loads the definitions deployed at start and is told again by the
-    /// next deploy).
-    pub async fn deploy_everywhere(&self, source: &str) {
-        for member in &self.section.members {
-            if member.id == self.me {
-                continue;
-            }
-            let request = Request::DeployHere {
-                source: source.to_owned(),
+    /// Deploys `source` through the metadata group: its leader checks it
+    /// against what is deployed and proposes it; any other node forwards it
+    /// there. Answers (the definition's summary and `created`) once a
+    /// quorum holds it and every member that is up has applied it.
+    pub async fn deploy(&self, rt: &Runtime, source: &str) -> Result<Json, ApiError> {
+        let deadline = tokio::time::Instant::now() + LEADER_CHANGE_WAIT;
+        loop {
+            let failure = match self.cluster.leader_of(META_GROUP) {
+                Some(leader) if leader == self.me => {
+                    match self.deploy_as_leader(rt, source).await {
+                        Err(e) if e.code == ErrorCode::Unavailable => e,
+                        done => return done,
+                    }
+                }
+                Some(leader) => {
+                    let request = Request::DeployAsLeader {
+                        source: source.to_owned(),
+                    };
+                    match self.forward(leader, request).await {
+                        Ok(Response::Json(text)) => {
+                            return serde_json::from_str(&text)
+                                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()));
+                        }
+                        Ok(other) => {
+                            return Err(ApiError::new(
+                                ErrorCode::Internal,
+                                format!("unexpected answer {other:?}"),
+                            ));
+                        }
+                        Err(e) if e.code == ErrorCode::Unavailable => e,
+                        Err(e) => return Err(e),
+                    }
+                }
+                None => ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the cluster's metadata group has no leader; retry",
+                ),
             };
-            if let Err(e) = self.forward(member.id, request).await {
-                tracing::warn!(node = member.id, error = %e.message, "deploy not replicated to node");
+            if tokio::time::Instant::now() >= deadline {
+                return Err(failure);
             }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
+    }
+
+    /// [`Peers::deploy`] on the metadata group's leader (`unavailable`
+    /// elsewhere).
+    pub async fn deploy_as_leader(&self, rt: &Runtime, source: &str) -> Result<Json, ApiError> {
+        let record = api::definition_record(source)?;
+        // One deploy at a time, so that two of one version cannot both
+        // pass the check below.
+        let _one_at_a_time = self.deploys.lock().await;
+        let existing = api::stored_definition(rt, &record.name, record.version).await?;
+        let (created, stored) = match existing {
+            Some(stored) => {
+                api::check_same(&stored, source)?;
+                (false, stored)
+            }
+            None => {
+                let index = self
+                    .cluster
+                    .propose(ShardBatch::deploy(&record))
+                    .await
+                    .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
+                rt.services
+                    .definitions
+                    .deployed(&record.name, record.version);
+                self.await_members(index).await;
+                (true, record)
+            }
+        };
+        let mut view = api::definition_summary(&stored);
+        view["created"] = Json::Bool(created);
+        Ok(view)
+    }
+
+    /// Waits (a bounded time) until every other member that is up has
+    /// applied the metadata group's entry `index`, so that a start sent to
+    /// any node right after a deploy finds the definition.
+    async fn await_members(&self, index: u64) {
+        let waits = self
+            .section
+            .members
+            .iter()
+            .filter(|m| m.id != self.me && self.is_up(m.id))
+            .map(|m| async move {
+                let outcome = self.forward(m.id, Request::AwaitMeta { index }).await;
+                if let Err(e) = outcome {
+                    tracing::warn!(node = m.id, error = %e.message, "member has not applied a deploy yet");
+                }
+            });
+        futures_util::future::join_all(waits).await;
+    }
+
+    /// Answers [`Request::AwaitMeta`]: waits until this node applied the
+    /// metadata group's entry `index`.
+    pub async fn await_meta(&self, index: u64) -> Result<(), ApiError> {
+        if self
+            .cluster
+            .wait_applied(META_GROUP, index, META_APPLY_WAIT)
+            .await
+        {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!("metadata entry {index} not applied here yet"),
+        ))
     }
 
     /// `GET /v1/cluster`: members and every shard's leader and replicas.
@@ -222,7 +378,8 @@ impl Peers {
                     "http_addr": m.http_addr.to_string(),
                     "native_addr": m.native_addr.to_string(),
                     "raft_addr": m.raft_addr.to_string(),
-                    "state": if self.cluster.is_up(m.id) { "active" } else { "down" },
+                    "control_addr": m.control_addr.map(|a| a.to_string()),
+                    "state": if self.is_up(m.id) { "active" } else { "down" },
                     "leads": leading.get(&m.id).copied().unwrap_or(0),
                     "this": m.id == self.me,
                 })
@@ -231,8 +388,11 @@ impl Peers {
         let active: Vec<u32> = (0..self.cluster.config().shards)
             .filter(|s| runtime.router().is_active(*s))
             .collect();
+        let meta = self.cluster.meta_status();
         json!({
             "node": self.me,
+            "epoch": self.cluster.cluster_map().map_or(0, |m| m.epoch),
+            "metadata": {"leader": meta.leader, "term": meta.term, "applied": meta.applied},
             "replication_factor": self.section.replication_factor,
             "nodes": nodes,
             "shards": shards,
@@ -260,44 +420,99 @@ impl Remote for PeerRemote {
     }
 
     fn deliver(&self, shard: u32, id: String, command: Command) -> RemoteReply {
+        use tracing::Instrument;
         let wire = serde_json::to_string(&WireCommand::from(command));
         let peers = self.0.clone();
-        Box::pin(async move {
-            let command = wire.map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))?;
-            // A leader that just died is still named until the others elect
-            // another: retry `unavailable` answers for a short while.
-            let deadline = tokio::time::Instant::now() + LEADER_CHANGE_WAIT;
-            loop {
-                let Some(leader) = peers.leader_elsewhere(shard) else {
-                    return Err(Error::new(
-                        ErrorCode::Unavailable,
-                        format!("shard {shard} has no leader elsewhere; retry"),
-                    ));
-                };
-                let request = Request::Deliver {
-                    id: id.clone(),
-                    command: command.clone(),
-                };
-                let failure = match peers.forward(leader, request).await {
-                    Ok(Response::Json(text)) => {
-                        return serde_json::from_str::<Applied>(&text)
-                            .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()));
-                    }
-                    Ok(other) => {
+        let span = tracing::debug_span!("forward", shard, node = peers.me);
+        Box::pin(
+            async move {
+                let command = wire.map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))?;
+                // A leader that just died is still named until the others elect
+                // another: retry `unavailable` answers for a short while.
+                let deadline = tokio::time::Instant::now() + LEADER_CHANGE_WAIT;
+                loop {
+                    let Some(leader) = peers.leader_elsewhere(shard) else {
                         return Err(Error::new(
-                            ErrorCode::Internal,
-                            format!("unexpected answer {other:?}"),
+                            ErrorCode::Unavailable,
+                            format!("shard {shard} has no leader elsewhere; retry"),
                         ));
+                    };
+                    let request = Request::Deliver {
+                        id: id.clone(),
+                        command: command.clone(),
+                    };
+                    let failure = match peers.forward(leader, request).await {
+                        Ok(Response::Json(text)) => {
+                            return serde_json::from_str::<Applied>(&text)
+                                .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()));
+                        }
+                        Ok(other) => {
+                            return Err(Error::new(
+                                ErrorCode::Internal,
+                                format!("unexpected answer {other:?}"),
+                            ));
+                        }
+                        Err(e) => Error::new(e.code, e.message),
+                    };
+                    if failure.code != ErrorCode::Unavailable
+                        || tokio::time::Instant::now() >= deadline
+                    {
+                        return Err(failure);
                     }
-                    Err(e) => Error::new(e.code, e.message),
-                };
-                if failure.code != ErrorCode::Unavailable || tokio::time::Instant::now() >= deadline
-                {
-                    return Err(failure);
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
             }
-        })
+            .instrument(span),
+        )
+    }
+}
+
+/// How long a member waits to apply a deploy before the deploy answers anyway.
+const META_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Deploys the configured definition files through the metadata group,
+/// retrying while the cluster has no quorum (at start, members come up one
+/// by one).
+pub async fn deploy_when_ready(
+    runtime: Runtime,
+    peers: Arc<Peers>,
+    sources: Vec<(String, String)>,
+) {
+    for (file, source) in sources {
+        loop {
+            match peers.deploy(&runtime, &source).await {
+                Ok(_) => break,
+                Err(e) if e.code == ErrorCode::Unavailable => {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    tracing::error!(file, error = %e.message, details = %e.details, "deploying a configured definition failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the definition cache in step with what the metadata group applies.
+pub async fn follow_meta(runtime: Runtime, cluster: Arc<Cluster>) {
+    let Some(mut changes) = cluster.take_meta_changes() else {
+        return;
+    };
+    while let Some(change) = changes.recv().await {
+        let deployed = match change {
+            MetaChange::Deployed(deployed) => deployed,
+            MetaChange::Installed => match runtime.services.store.definitions() {
+                Ok(all) => all.into_iter().map(|d| (d.name, d.version)).collect(),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading definitions after a metadata snapshot");
+                    continue;
+                }
+            },
+        };
+        for (name, version) in deployed {
+            runtime.services.definitions.deployed(&name, version);
+        }
     }
 }
 

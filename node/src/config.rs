@@ -75,6 +75,10 @@ pub struct ClusterSection {
     /// Log entries after which a shard's group snapshots and purges its log.
     #[serde(default = "defaults::snapshot_after")]
     pub snapshot_after_entries: u64,
+    /// The shared secret of the control plane (members authenticate each
+    /// other with it); required when members have a `control-addr`.
+    #[serde(default)]
+    pub cookie: Option<String>,
 }
 
 /// One cluster member.
@@ -89,6 +93,10 @@ pub struct Member {
     pub native_addr: SocketAddr,
     /// Its Raft transport listener.
     pub raft_addr: SocketAddr,
+    /// Its control plane listener (`ractor_cluster`: discovery,
+    /// authentication, failure detection); absent: no control plane.
+    #[serde(default)]
+    pub control_addr: Option<SocketAddr>,
 }
 
 impl ClusterSection {
@@ -392,6 +400,23 @@ impl Config {
                 return invalid(
                     "cluster.election-timeout-min",
                     "must be below election-timeout-max and above 2.25 heartbeat intervals",
+                );
+            }
+            let with_control = cluster
+                .members
+                .iter()
+                .filter(|m| m.control_addr.is_some())
+                .count();
+            if with_control != 0 && with_control != cluster.members.len() {
+                return invalid(
+                    "cluster.members",
+                    "either every member has a control-addr or none has",
+                );
+            }
+            if with_control != 0 && cluster.cookie.as_deref().is_none_or(str::is_empty) {
+                return invalid(
+                    "cluster.cookie",
+                    "members have a control-addr: set the cluster's shared cookie",
                 );
             }
             if cluster.snapshot_after_entries == 0 {

@@ -202,16 +202,18 @@ async fn deploy(State(s): State<AppState>, bytes: Result<Bytes, BytesRejection>)
     let bytes = body(bytes)?;
     let source = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "body is not UTF-8"))?;
-    let (created, record) = api::deploy(&s.runtime, source).await?;
-    if let Some(peers) = &s.peers {
-        peers.deploy_everywhere(source).await;
-    }
+    let mut view = api::deploy_view(&s.runtime, s.peers.as_deref(), source).await?;
+    let created = view
+        .as_object_mut()
+        .and_then(|o| o.remove("created"))
+        .and_then(|c| c.as_bool())
+        .unwrap_or(false);
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    ok(status, api::definition_summary(&record))
+    ok(status, view)
 }
 
 async fn definitions(State(s): State<AppState>) -> Reply {

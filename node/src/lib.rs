@@ -85,23 +85,45 @@ impl Node {
                 (runtime, None)
             }
             Some(section) => {
-                let (raft, leadership) =
+                let (raft, control, leadership) =
                     cluster::start(&config, section, store.clone(), links).await?;
                 let log = Arc::new(cluster::ReplicatedLog(raft.clone()));
+                let raft_for_meta = raft.clone();
                 let runtime = Runtime::new(store, log, settings, handlers);
-                let peers = cluster::Peers::new(raft, section.clone(), config.node_id);
+                let peers = cluster::Peers::new(raft, control, section.clone(), config.node_id);
                 let remote = Arc::new(cluster::PeerRemote(peers.clone()));
                 runtime.router().set_remote(remote);
-                tokio::spawn(cluster::follow_leadership(runtime.clone(), leadership));
+                tokio::spawn(cluster::follow_leadership(
+                    runtime.clone(),
+                    config.node_id,
+                    leadership,
+                ));
+                tokio::spawn(cluster::follow_meta(runtime.clone(), raft_for_meta));
                 (runtime, Some(peers))
             }
         };
+        let mut sources = Vec::new();
         for file in &config.deploy {
             let source = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            api::deploy(&runtime, &source).await.map_err(|e| {
-                anyhow::anyhow!("deploying {}: {} {}", file.display(), e.message, e.details)
-            })?;
+            sources.push((file.display().to_string(), source));
+        }
+        match &peers {
+            None => {
+                for (file, source) in sources {
+                    api::deploy(&runtime, &source).await.map_err(|e| {
+                        anyhow::anyhow!("deploying {file}: {} {}", e.message, e.details)
+                    })?;
+                }
+            }
+            // Deployed through the metadata group once it has a leader.
+            Some(peers) => {
+                tokio::spawn(cluster::deploy_when_ready(
+                    runtime.clone(),
+                    peers.clone(),
+                    sources,
+                ));
+            }
         }
         let ready = Arc::new(AtomicBool::new(false));
         let state = http::AppState {
@@ -182,7 +204,7 @@ impl Node {
         let _ = (&mut self.native).await;
         self.runtime.stop().await;
         if let Some(peers) = &self.peers {
-            peers.cluster().shutdown().await;
+            peers.shutdown().await;
         }
     }
 

@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=error".into()),
+                .unwrap_or_else(|_| "info,openraft=error,ractor_cluster=warn".into()),
         )
         .init();
     let args = Args::parse();

@@ -283,13 +283,7 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
     }
     match request {
         Request::Deploy { source } => {
-            let (created, record) = api::deploy(rt, &source).await?;
-            if let Some(peers) = &state.peers {
-                peers.deploy_everywhere(&source).await;
-            }
-            let mut view = api::definition_summary(&record);
-            view["created"] = Json::Bool(created);
-            json(view)
+            json(api::deploy_view(rt, state.peers.as_deref(), &source).await?)
         }
         Request::Definitions => json(api::definitions(rt).await?),
         Request::Definition { name, version } => json(api::definition(rt, &name, version).await?),
@@ -382,12 +376,23 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
                 .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
             Ok(Response::Json(text))
         }
-        Request::DeployHere { source } => {
-            let (created, record) = api::deploy(rt, &source).await?;
-            let mut view = api::definition_summary(&record);
-            view["created"] = Json::Bool(created);
-            json(view)
-        }
+        Request::DeployAsLeader { source } => match &state.peers {
+            Some(peers) => json(peers.deploy_as_leader(rt, &source).await?),
+            None => Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "not a cluster node",
+            )),
+        },
+        Request::AwaitMeta { index } => match &state.peers {
+            Some(peers) => {
+                peers.await_meta(index).await?;
+                json(Json::Null)
+            }
+            None => Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "not a cluster node",
+            )),
+        },
         Request::Poll(poll) => {
             let wait = Duration::from_millis(poll.wait_ms);
             let tasks = workers::poll(rt, poll.task_types, poll.max, wait).await?;

@@ -236,3 +236,85 @@ async fn a_worker_given_one_node_serves_every_shard() {
         m.node.shutdown().await;
     }
 }
+
+/// Deploys through `api` until one is accepted (the metadata group may be
+/// electing); returns the HTTP status.
+async fn deploy_retrying(api: &Api, yaml: &str) -> u16 {
+    eventually(15, "a deploy accepted", || async {
+        let (status, _) = api
+            .send("PUT", "/v1/definitions", Some(yaml.to_owned()))
+            .await;
+        (status != 503).then_some(status)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploys_go_through_the_metadata_group_and_reach_a_member_that_was_cut_off() {
+    let dir = TempDir::new("cluster-meta");
+    let members = cluster(&dir).await;
+    leaders(&members).await;
+    // The metadata group wrote the first cluster map: epoch 1 everywhere.
+    for m in &members {
+        eventually(10, "the cluster map", || async {
+            let (_, view) = m.api.get("/v1/cluster").await;
+            (view["epoch"] == 1).then_some(())
+        })
+        .await;
+    }
+
+    // Node 3 is cut off; a deploy made on node 1 is held by the majority.
+    for m in &members {
+        m.links.cut_both(3, 1);
+        m.links.cut_both(3, 2);
+    }
+    let flow = nap_flow(NAP);
+    assert_eq!(deploy_retrying(&members[0].api, &flow).await, 201);
+    let stored = |m: &Member| {
+        m.node
+            .runtime()
+            .services
+            .store
+            .definition("flow", 1)
+            .unwrap()
+    };
+    assert!(
+        stored(&members[1]).is_some(),
+        "the majority holds the deploy"
+    );
+    assert!(
+        stored(&members[2]).is_none(),
+        "a cut-off member cannot have it"
+    );
+    // The same version with other content is refused, from any node: the
+    // metadata leader checks every deploy.
+    let other = flow.replace(NAP, "300ms");
+    assert_eq!(deploy_retrying(&members[1].api, &other).await, 409);
+    assert_eq!(deploy_retrying(&members[1].api, &flow).await, 200);
+
+    // Healed, node 3 applies the deploy and starts the definition's
+    // instances as leader of its shards.
+    for m in &members {
+        m.links.heal();
+    }
+    eventually(20, "node 3 holds the deploy", || async {
+        stored(&members[2]).map(|_| ())
+    })
+    .await;
+    let (status, body) = members[2].api.get("/v1/definitions/flow").await;
+    assert_eq!(status, 200, "{body}");
+    let leaders = leaders(&members).await;
+    for shard in 0..SHARDS {
+        let id = id_on(shard, 9);
+        assert!(members[2].api.start_retrying("flow", &id, json!({})).await);
+        let view = members[2].api.wait_status(&id, "completed").await;
+        assert_eq!(
+            view["status"], "completed",
+            "shard {shard} led by {}",
+            leaders[shard as usize]
+        );
+    }
+    for m in members {
+        m.node.shutdown().await;
+    }
+}

@@ -13,20 +13,21 @@ use std::time::Duration;
 
 const SHARDS: u32 = 8;
 const NAP: &str = "300ms";
+const COOKIE: &str = "process-test-cookie";
 
 /// Writes the cluster's config file; returns it and each node's HTTP base.
 fn write_config(dir: &Path) -> (PathBuf, Vec<String>) {
     let mut members = String::new();
     let mut bases = Vec::new();
     for id in 1..=3 {
-        let (http, native, raft) = (free_port(), free_port(), free_port());
+        let (http, native, raft, control) = (free_port(), free_port(), free_port(), free_port());
         members.push_str(&format!(
-            "[[cluster.members]]\nid = {id}\nhttp-addr = \"127.0.0.1:{http}\"\nnative-addr = \"127.0.0.1:{native}\"\nraft-addr = \"127.0.0.1:{raft}\"\n"
+            "[[cluster.members]]\nid = {id}\nhttp-addr = \"127.0.0.1:{http}\"\nnative-addr = \"127.0.0.1:{native}\"\nraft-addr = \"127.0.0.1:{raft}\"\ncontrol-addr = \"127.0.0.1:{control}\"\n"
         ));
         bases.push(format!("http://127.0.0.1:{http}"));
     }
     let text = format!(
-        "data-dir = \"{}/node-{{node-id}}\"\nshards = {SHARDS}\n[engine]\npassivate-after = \"500ms\"\n[cluster]\nreplication-factor = 3\nelection-timeout-min = \"300ms\"\nelection-timeout-max = \"600ms\"\nheartbeat-interval = \"100ms\"\nsnapshot-after-entries = 20\n{members}",
+        "data-dir = \"{}/node-{{node-id}}\"\nshards = {SHARDS}\n[engine]\npassivate-after = \"500ms\"\n[cluster]\nreplication-factor = 3\nelection-timeout-min = \"300ms\"\nelection-timeout-max = \"600ms\"\nheartbeat-interval = \"100ms\"\nsnapshot-after-entries = 20\ncookie = \"{COOKIE}\"\n{members}",
         dir.display()
     );
     let path = dir.join("cluster.toml");
@@ -205,5 +206,106 @@ async fn a_killed_leader_loses_nothing_acknowledged() {
             (status == 200 && view["status"] == "completed").then_some(())
         },
     )
+    .await;
+}
+
+/// Runs `troupe-node --config config --node-id id`, expecting it to be
+/// refused: returns its log once it exits (fails after 30 s).
+fn run_refused(config: &Path, id: usize) -> String {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_troupe-node"))
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--node-id",
+            &id.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn troupe-node");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("node {id} was not refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = child.wait().unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(
+        !status.success(),
+        "a refused node exits with an error: {log}"
+    );
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_with_another_cookie_or_a_lost_data_dir_are_refused() {
+    let dir = TempDir::new("cluster-refuse");
+    let (config, bases) = write_config(dir.path());
+    let mut cluster = Cluster {
+        config: config.clone(),
+        dir: dir.path().to_path_buf(),
+        bases,
+        nodes: vec![None, None, None],
+    };
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    cluster.api(1).deploy(&nap_flow(NAP)).await;
+    cluster.leaders().await;
+    // The control plane links every member: each sees the others up.
+    for id in 1..=3 {
+        let api = cluster.api(id);
+        eventually(20, "every member up on the control plane", || async {
+            let (_, view) = api.get("/v1/cluster").await;
+            let nodes = view["nodes"].as_array()?;
+            nodes.iter().all(|n| n["state"] == "active").then_some(())
+        })
+        .await;
+    }
+
+    // Node 3 restarted with another cookie is refused and exits.
+    cluster.kill(3);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let other = dir.path().join("other-cookie.toml");
+    std::fs::write(&other, text.replace(COOKIE, "not-the-cookie")).unwrap();
+    let log = run_refused(&other, 3);
+    assert!(log.contains("another cluster cookie"), "{log}");
+    // The control plane sees it down meanwhile.
+    let observer = cluster.api(1);
+    eventually(10, "node 3 shown down", || async {
+        let (_, view) = observer.get("/v1/cluster").await;
+        let node = view["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"] == 3)?
+            .clone();
+        (node["state"] == "down").then_some(())
+    })
+    .await;
+
+    // Node 3 on a wiped data dir is refused too: it would vote with no
+    // memory of its votes.
+    std::fs::remove_dir_all(dir.path().join("node-3")).unwrap();
+    let log = run_refused(&config, 3);
+    assert!(log.contains("refused by the cluster"), "{log}");
+    assert!(log.contains("another data dir"), "{log}");
+
+    // The right cookie and the original data dir are welcome: nodes 1 and
+    // 2 still serve, and a restarted node 2 rejoins and serves.
+    cluster.kill(2);
+    cluster.start_node(2);
+    let api = cluster.api(2);
+    assert!(
+        api.start_retrying("flow", "after-refusals", json!({}))
+            .await
+    );
+    eventually(30, "the workflow completes", || async {
+        let (status, view) = api.get("/v1/workflows/after-refusals").await;
+        (status == 200 && view["status"] == "completed").then_some(())
+    })
     .await;
 }

@@ -138,11 +138,17 @@ pub enum Request {
         /// The command.
         command: JsonText,
     },
-    /// Node to node: deploy a definition on the receiver only (a deploy
-    /// made on another node of the cluster).
-    DeployHere {
+    /// Node to node: deploy a definition as the leader of the cluster's
+    /// metadata group (answered `unavailable` by any other node).
+    DeployAsLeader {
         /// The document.
         source: String,
+    },
+    /// Node to node: answers once the receiver has applied entry `index`
+    /// of the metadata group (a deploy made elsewhere).
+    AwaitMeta {
+        /// Entry index.
+        index: u64,
     },
     /// `POST /v1/tasks/poll`: answered with [`Response::Tasks`] (maybe empty).
     Poll(PollTasks),

@@ -5,7 +5,10 @@
 
 use crate::codec;
 use crate::keys::{self, Table};
-use crate::records::{HumanTaskRecord, IncidentRecord, InstanceHead, OutboxRecord, TimerRecord};
+use crate::records::{
+    ClusterMap, DefinitionRecord, HumanTaskRecord, IncidentRecord, InstanceHead, OutboxRecord,
+    TimerRecord,
+};
 use serde::{Deserialize, Serialize};
 use troupe_engine::engine::{Event, Instance, InstanceStatus, Millis, StepRun, TimerId};
 
@@ -112,6 +115,40 @@ impl ShardBatch {
         let size = value.len();
         self.ops.push(BatchOp::Put { table, key, value });
         size
+    }
+
+    /// A batch of the metadata group deploying `record`.
+    pub fn deploy(record: &DefinitionRecord) -> Self {
+        let mut batch = Self::new(keys::META_GROUP);
+        batch.put(
+            Table::Definitions,
+            keys::definition(&record.name, record.version),
+            record,
+        );
+        batch
+    }
+
+    /// A batch of the metadata group replacing the cluster map.
+    pub fn cluster_map(map: &ClusterMap) -> Self {
+        let mut batch = Self::new(keys::META_GROUP);
+        batch.put(Table::ClusterMap, keys::CLUSTER_MAP.to_vec(), map);
+        batch
+    }
+
+    /// The definitions this batch deploys (as `name`, `version`).
+    pub fn deployed_definitions(&self) -> Vec<(String, u32)> {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                BatchOp::Put {
+                    table: Table::Definitions,
+                    value,
+                    ..
+                } => codec::decode::<DefinitionRecord>(value).ok(),
+                _ => None,
+            })
+            .map(|record| (record.name, record.version))
+            .collect()
     }
 
     fn delete(&mut self, table: Table, key: Vec<u8>) {

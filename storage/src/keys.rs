@@ -39,6 +39,10 @@ pub enum Table {
     ByDefinition,
     /// Index: `shard | !updated_at u64 | id` → `()` (newest first).
     ByUpdated,
+    /// Cluster-wide: deployed definitions (the metadata group's state).
+    Definitions,
+    /// Cluster-wide: the cluster map (the metadata group's state).
+    ClusterMap,
 }
 
 impl Table {
@@ -75,6 +79,8 @@ impl Table {
             Table::ByStatus => "by_status",
             Table::ByDefinition => "by_definition",
             Table::ByUpdated => "by_updated",
+            Table::Definitions => DEFINITIONS,
+            Table::ClusterMap => META,
         }
     }
 }
@@ -107,12 +113,44 @@ pub fn raft_log(group: u32, index: u64) -> Vec<u8> {
     key
 }
 
+/// The first key past every entry of `group`'s log (the metadata group is
+/// `u32::MAX`, so not `group + 1`).
+pub fn raft_log_end(group: u32) -> Vec<u8> {
+    let mut key = raft_log(group, u64::MAX);
+    key.push(0);
+    key
+}
+
 /// Key of `group`'s replication state value `name`.
 pub fn raft_state(group: u32, name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(4 + name.len());
     key.extend_from_slice(&group.to_be_bytes());
     key.extend_from_slice(name.as_bytes());
     key
+}
+
+/// The group of the cluster's metadata (definitions and the cluster map);
+/// never a shard.
+pub const META_GROUP: u32 = u32::MAX;
+
+/// Key of the cluster map in [`META`].
+pub const CLUSTER_MAP: &[u8] = b"cluster_map";
+
+/// What a group's snapshot holds: `(table, first key, first key past)`.
+pub fn group_ranges(group: u32) -> Vec<(Table, Vec<u8>, Vec<u8>)> {
+    if group == META_GROUP {
+        // Definition names are UTF-8, which never holds 0xff.
+        let mut past_map = CLUSTER_MAP.to_vec();
+        past_map.push(0);
+        return vec![
+            (Table::Definitions, Vec::new(), vec![0xff]),
+            (Table::ClusterMap, CLUSTER_MAP.to_vec(), past_map),
+        ];
+    }
+    Table::ALL
+        .iter()
+        .map(|table| (*table, shard_start(group), shard_end(group)))
+        .collect()
 }
 
 /// The first key of `shard` in any shard-scoped table.

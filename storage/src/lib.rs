@@ -33,6 +33,7 @@ mod store;
 pub use batch::{Indexed, ShardBatch, human_task_id, incident_id};
 pub use commit::Committer;
 pub use error::{Error, Result};
+pub use keys::META_GROUP;
 pub use list::{ListOrder, ListQuery, Page};
 pub use raft_log::{Flushed, StateValue, WalSyncer};
 pub use records::*;

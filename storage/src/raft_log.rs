@@ -70,11 +70,7 @@ impl Store {
     pub fn log_truncate_from(&self, group: u32, from: u64) -> Result<()> {
         let cf = self.cf(keys::RAFT_LOG);
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(
-            cf,
-            keys::raft_log(group, from),
-            keys::raft_log(group + 1, 0),
-        );
+        batch.delete_range_cf(cf, keys::raft_log(group, from), keys::raft_log_end(group));
         Ok(self.db.write(batch)?)
     }
 

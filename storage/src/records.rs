@@ -19,6 +19,20 @@ pub struct DefinitionRecord {
     pub deployed_at: Millis,
 }
 
+/// The cluster map, held by the metadata group: members, shard placement
+/// settings, and an epoch that grows with every change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMap {
+    /// Grows by one with every change of the map.
+    pub epoch: u64,
+    /// Member node ids.
+    pub members: Vec<u64>,
+    /// Shard count.
+    pub shards: u32,
+    /// Replicas per shard.
+    pub replication_factor: u32,
+}
+
 /// Where a child instance reports back to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParentLink {

@@ -31,12 +31,11 @@ impl Store {
         mut emit: impl FnMut(Vec<ShardEntry>) -> Result<()>,
     ) -> Result<()> {
         let snapshot = self.db.snapshot();
-        let (start, end) = (keys::shard_start(shard), keys::shard_end(shard));
         let mut chunk = Vec::new();
         let mut size = 0;
-        for table in Table::ALL {
+        for (table, start, end) in keys::group_ranges(shard) {
             let mut options = rocksdb::ReadOptions::default();
-            options.set_iterate_upper_bound(end.clone());
+            options.set_iterate_upper_bound(end);
             let mut iter = snapshot.raw_iterator_cf_opt(self.cf(table.cf()), options);
             iter.seek(&start);
             while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
@@ -81,9 +80,12 @@ impl Store {
         entries: Vec<ShardEntry>,
         batch: &mut rocksdb::WriteBatch,
     ) -> Result<()> {
-        let start = keys::shard_start(shard);
+        let ranges = keys::group_ranges(shard);
         for entry in entries {
-            if !entry.key.starts_with(&start) {
+            let inside = ranges.iter().any(|(table, start, end)| {
+                *table == entry.table && entry.key >= *start && entry.key < *end
+            });
+            if !inside {
                 return Err(Error::Import(format!(
                     "an entry of {} is not in shard {shard}",
                     entry.table.cf()
@@ -95,9 +97,8 @@ impl Store {
     }
 
     pub(crate) fn delete_shard_into(&self, shard: u32, batch: &mut rocksdb::WriteBatch) {
-        let (start, end) = (keys::shard_start(shard), keys::shard_end(shard));
-        for table in Table::ALL {
-            batch.delete_range_cf(self.cf(table.cf()), &start, &end);
+        for (table, start, end) in keys::group_ranges(shard) {
+            batch.delete_range_cf(self.cf(table.cf()), start, end);
         }
     }
 

@@ -5,8 +5,8 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys::{self, Table};
 use crate::records::{
-    DefinitionRecord, HumanTaskRecord, IncidentRecord, InstanceHead, OutboxRecord, StoredInstance,
-    TimerRecord,
+    ClusterMap, DefinitionRecord, HumanTaskRecord, IncidentRecord, InstanceHead, OutboxRecord,
+    StoredInstance, TimerRecord,
 };
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options};
 use std::path::Path;
@@ -272,6 +272,11 @@ impl Store {
         );
         self.write_synced(batch)?;
         Ok((true, record.clone()))
+    }
+
+    /// The cluster map, once the metadata group has written one.
+    pub fn cluster_map(&self) -> Result<Option<ClusterMap>> {
+        self.get(keys::META, keys::CLUSTER_MAP)
     }
 
     /// Whether a published event id was already applied.

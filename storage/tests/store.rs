@@ -7,7 +7,7 @@ use troupe_engine::definition;
 use troupe_engine::engine::{Event, EventKind, Instance, InstanceStatus, TimerId, TimerKind};
 use troupe_storage::{
     Committer, Error, HumanTaskRecord, Indexed, InstanceHead, InstanceRecord, ListOrder, ListQuery,
-    ShardBatch, Store, StoreOptions, TimerRecord, human_task_id,
+    META_GROUP, ShardBatch, Store, StoreOptions, TimerRecord, human_task_id,
 };
 
 struct Dir(PathBuf);
@@ -385,4 +385,71 @@ async fn an_instance_loads_as_its_snapshot_plus_the_journal_after_it() {
         .unwrap();
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].1, run);
+}
+
+#[test]
+fn the_metadata_group_moves_definitions_and_the_cluster_map_and_nothing_else() {
+    let (a, b) = (Dir::new("meta-a"), Dir::new("meta-b"));
+    let (from, to) = (open(&a.0, 2).unwrap(), open(&b.0, 2).unwrap());
+    let record = |version| troupe_storage::DefinitionRecord {
+        name: "flow".into(),
+        version,
+        source: format!("v{version}"),
+        deployed_at: 1,
+    };
+    let map = troupe_storage::ClusterMap {
+        epoch: 1,
+        members: vec![1, 2, 3],
+        shards: 2,
+        replication_factor: 3,
+    };
+    let mut batches = vec![
+        ShardBatch::deploy(&record(1)),
+        ShardBatch::deploy(&record(2)),
+    ];
+    batches.push(ShardBatch::cluster_map(&map));
+    assert_eq!(
+        batches[1].deployed_definitions(),
+        vec![("flow".to_owned(), 2)]
+    );
+    from.apply_replicated(META_GROUP, batches, vec![]).unwrap();
+    // A shard's entry on the receiving side is left alone by the install.
+    let mut shard = ShardBatch::new(0);
+    shard.arm_timer(&TimerRecord {
+        instance: "w".into(),
+        timer: TimerId {
+            kind: TimerKind::Wait,
+            path: "nap".into(),
+            attempt: 0,
+        },
+        at: 5,
+    });
+    to.apply_replicated(0, vec![shard], vec![]).unwrap();
+    to.apply_replicated(META_GROUP, vec![ShardBatch::deploy(&record(9))], vec![])
+        .unwrap();
+
+    let mut exported = Vec::new();
+    from.export_shard(META_GROUP, 1 << 20, |chunk| {
+        exported.extend(chunk);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(exported.len(), 3, "two definitions and the map");
+    to.install_shard(META_GROUP, exported, vec![]).unwrap();
+    let versions: Vec<u32> = to
+        .definition_versions("flow")
+        .unwrap()
+        .iter()
+        .map(|d| d.version)
+        .collect();
+    assert_eq!(versions, vec![1, 2], "the install replaced the definitions");
+    assert_eq!(to.cluster_map().unwrap(), Some(map));
+    assert_eq!(to.timers(0).unwrap().len(), 1, "shard data untouched");
+    assert!(to.incarnation().is_ok(), "node metadata untouched");
+
+    // The metadata group's log (group u32::MAX) truncates without overflow.
+    to.log_append(META_GROUP, vec![(1, b"a".to_vec()), (2, b"b".to_vec())])
+        .unwrap();
+    to.log_truncate_from(META_GROUP, 2).unwrap();
+    assert_eq!(to.log_last(META_GROUP).unwrap().map(|(i, _)| i), Some(1));
 }

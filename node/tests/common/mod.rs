@@ -138,8 +138,9 @@ pub struct TestNode {
 /// Logs of in-process nodes go to the test's output (shown when it fails),
 /// so that a flake leaves its story behind. `RUST_LOG` overrides the level.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=error,ractor_cluster=warn")
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_test_writer()
@@ -236,12 +237,21 @@ impl Api {
         self.send("POST", path, Some(body.to_string())).await
     }
 
-    /// Deploys a YAML definition, asserting success.
+    /// Deploys a YAML definition, asserting success (a cluster's
+    /// metadata group may still be electing: 503s are retried).
     pub async fn deploy(&self, yaml: &str) {
-        let (status, body) = self
-            .send("PUT", "/v1/definitions", Some(yaml.to_owned()))
-            .await;
-        assert!(status == 201 || status == 200, "deploy: {status} {body}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, body) = self
+                .send("PUT", "/v1/definitions", Some(yaml.to_owned()))
+                .await;
+            if status == 503 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            assert!(status == 201 || status == 200, "deploy: {status} {body}");
+            return;
+        }
     }
 
     /// Starts an instance, asserting success; returns its view.
