@@ -4,7 +4,7 @@
 use crate::stored::Persisted;
 use crate::{Command, Services};
 use troupe_engine::engine::{
-    Effect, ErrorInfo, Event, EventKind, InstanceStatus, Millis, RunDetail,
+    Effect, ErrorInfo, Event, EventKind, InstanceStatus, Millis, RunDetail, TimerId,
 };
 use troupe_protocol::ErrorCode;
 use troupe_storage::{
@@ -32,17 +32,24 @@ pub(crate) struct Built {
     pub snapshot_bytes: Option<usize>,
 }
 
+/// When each armed timer of an instance is due, as stored: the due-order
+/// index is keyed by it, so withdrawing or re-arming a timer needs it.
+pub(crate) type ArmedTimers = std::collections::HashMap<TimerId, Millis>;
+
 /// What a transition (one or more events applied together) writes:
 /// journal entries, the head with its index entries, the whole state when
 /// a snapshot is due (see `stored.rs`), and every side record the effects
 /// create or remove, in one batch of the instance's shard. Everything comes
-/// from the engine state; nothing is read.
+/// from the engine state and what the actor knows is stored (`previous`,
+/// `persisted`, `armed`, kept up to date here); nothing is read.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn batch(
     shard: u32,
     history_retention: Option<u64>,
     record: &InstanceRecord,
     previous: Option<Indexed>,
     persisted: Persisted,
+    armed: &mut ArmedTimers,
     journal: &[Journaled],
     effects: &[Effect],
 ) -> Built {
@@ -54,7 +61,7 @@ pub(crate) fn batch(
     for (n, entry) in journal.iter().enumerate() {
         journal_bytes += batch.append_event(id, first_seq + n as u64, &entry.event);
         match &entry.event.kind {
-            EventKind::TimerFired { timer } => batch.cancel_timer(id, timer),
+            EventKind::TimerFired { timer } => batch.cancel_timer(id, timer, armed.remove(timer)),
             EventKind::HumanCompleted { path, .. } | EventKind::ChildEnded { path, .. } => {
                 batch.delete_human_task(id, path);
                 batch.delete_outbox(id, path);
@@ -127,12 +134,16 @@ pub(crate) fn batch(
                 };
                 batch.put_outbox(id, path, &entry);
             }
-            Effect::ArmTimer { timer, at } => batch.arm_timer(&TimerRecord {
-                instance: id.to_owned(),
-                timer: timer.clone(),
-                at: *at,
-            }),
-            Effect::CancelTimer { timer } => batch.cancel_timer(id, timer),
+            Effect::ArmTimer { timer, at } => {
+                let replaces = armed.insert(timer.clone(), *at);
+                let record = TimerRecord {
+                    instance: id.to_owned(),
+                    timer: timer.clone(),
+                    at: *at,
+                };
+                batch.arm_timer(&record, replaces);
+            }
+            Effect::CancelTimer { timer } => batch.cancel_timer(id, timer, armed.remove(timer)),
             Effect::OpenHumanTask {
                 path,
                 assignee,

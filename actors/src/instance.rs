@@ -57,6 +57,8 @@ pub struct WorkflowState {
     definition: Option<Arc<Definition>>,
     /// What is on disk of it.
     persisted: Persisted,
+    /// Its timers as stored, with when each is due.
+    armed: effects::ArmedTimers,
     last_active: Instant,
     /// What this actor costs, charged to the node's memory budget.
     charge: Charge,
@@ -80,6 +82,7 @@ impl Actor for WorkflowActor {
             record: None,
             definition: None,
             persisted: Persisted::default(),
+            armed: Default::default(),
             last_active: Instant::now(),
             charge,
             diverged: false,
@@ -100,6 +103,7 @@ impl Actor for WorkflowActor {
             state.definition = Some(loaded.definition);
             state.record = Some(loaded.record);
             state.persisted = loaded.persisted;
+            state.armed = loaded.armed;
             if state.args.recover {
                 effects::redo_outbox(&services, &state.args.id)?;
             }
@@ -261,6 +265,7 @@ async fn start(
     if result.is_err() {
         state.record = None;
         state.persisted = Persisted::default();
+        state.armed.clear();
     }
     result
 }
@@ -310,6 +315,7 @@ async fn transition(state: &mut WorkflowState, kinds: Vec<EventKind>) -> Result<
         record,
         previous,
         state.persisted,
+        &mut state.armed,
         &journal,
         &effects,
     );

@@ -74,7 +74,11 @@ impl Runtime {
             finished: FinishWaiters::default(),
             pending_starts: queue::PendingStarts::default(),
             router,
-            timers: timers::TimerHandle::start(weak.clone()),
+            timers: timers::TimerHandle::start(
+                weak.clone(),
+                settings.shards,
+                settings.timer_window,
+            ),
             tasks: Arc::new(tasks::TaskRunner::new(weak.clone(), handlers)),
             activation: tokio::sync::Mutex::new(()),
         });
@@ -102,7 +106,9 @@ impl Runtime {
         self.services.router()
     }
 
-    /// Makes `shard` live on this node: loads its timers and status counts,
+    /// Makes `shard` live on this node: loads its timers due within the
+    /// timer window (not all of them: activation costs the same with a
+    /// million instances waiting on later timers) and its status counts,
     /// starts its supervisor, and redoes its outbox (work that may have been
     /// lost in a crash or a move). Activating an active shard does nothing.
     pub async fn activate(&self, shard: u32) -> crate::Result<()> {
@@ -111,10 +117,12 @@ impl Runtime {
         if services.router.is_active(shard) {
             return Ok(());
         }
+        let until = crate::now_millis() + services.settings.timer_window.as_millis() as u64;
+        services.timers.open_shard(shard, until).await;
         let store = services.store.clone();
         let (timers, counts, outbox) = tokio::task::spawn_blocking(move || {
             Ok::<_, troupe_storage::Error>((
-                store.timers(shard)?,
+                store.timers_due(shard, None, until)?,
                 store.status_counts(shard)?,
                 store.outbox_instances(shard)?,
             ))
@@ -159,7 +167,7 @@ impl Runtime {
         }
         let _ = actor.stop_and_wait(None, None).await;
         let shards = services.settings.shards;
-        services.timers.drop_shard(shard, shards);
+        services.timers.drop_shard(shard);
         services
             .queues
             .retain(|instance| troupe_protocol::shard_of(instance, shards) != shard);

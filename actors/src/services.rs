@@ -20,6 +20,9 @@ pub struct Settings {
     pub shards: u32,
     /// Idle time before an instance is passivated.
     pub passivate_after: Duration,
+    /// Timers due within this window are held in memory; later ones are
+    /// read from storage as the window moves.
+    pub timer_window: Duration,
     /// Restarts allowed per instance within `restart_window`.
     pub restart_budget: u32,
     /// Restart budget window.

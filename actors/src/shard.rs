@@ -312,6 +312,7 @@ mod tests {
         let settings = Settings {
             shards: 1,
             passivate_after: Duration::from_secs(60),
+            timer_window: Duration::from_secs(60),
             restart_budget: 5,
             restart_window: Duration::from_secs(60),
             max_pending_per_shard: 100,

@@ -55,6 +55,8 @@ pub struct Loaded {
     pub definition: Arc<Definition>,
     /// What is on disk of it.
     pub persisted: Persisted,
+    /// Its armed timers, with when each is due.
+    pub armed: crate::effects::ArmedTimers,
 }
 
 /// Reads an instance: its snapshot, then its journal tail replayed with its
@@ -121,6 +123,11 @@ fn replayed(services: &Services, id: &str, stored: StoredInstance) -> Result<Loa
             snapshot_bytes: stored.snapshot_bytes,
             tail_bytes: stored.tail_bytes,
         },
+        armed: stored
+            .timers
+            .into_iter()
+            .map(|timer| (timer.timer, timer.at))
+            .collect(),
     })
 }
 

@@ -1,22 +1,42 @@
-//! The timer service: every armed timer, in due order, fired into the
-//! instance that armed it.
+//! The timer service: the armed timers due within a window, in due order,
+//! fired into the instance that armed them.
 //!
-//! Timers are durable in the `timers` column family (written in the same
-//! commit as the transition that armed them) and loaded here at start. A fired
-//! timer is deleted from storage when the instance journals `TimerFired`; a
-//! firing lost in a crash is redone when the instance is recovered.
+//! Timers are durable (written in the same commit as the transition that
+//! armed them, with a due-order index). Memory holds only those due within
+//! `timer_window` of now, per active shard: a shard's activation reads that
+//! window from the index, and every quarter window the window moves on and
+//! the timers it reaches are read. A timer armed beyond the window stays on
+//! disk until then, so a million waiting instances cost no memory here and
+//! no time at activation. A fired timer is deleted from storage when the
+//! instance journals `TimerFired`; a firing lost in a crash is redone when
+//! the instance is recovered.
 
 use crate::{Command, Services};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use troupe_engine::engine::{EventKind, Millis, TimerId, TimerKind};
 
 enum TimerCmd {
     Arm(String, TimerId, Millis),
     Cancel(String, TimerId),
-    DropShard { shard: u32, shards: u32 },
+    /// Holds `shard`'s timers due up to `until` (activation).
+    Open {
+        shard: u32,
+        until: Millis,
+        done: oneshot::Sender<()>,
+    },
+    /// Moves an open shard's window to `until`; answers the previous end
+    /// (`None`: the shard is not open).
+    Extend {
+        shard: u32,
+        until: Millis,
+        done: oneshot::Sender<Option<Millis>>,
+    },
+    DropShard {
+        shard: u32,
+    },
 }
 
 /// Handle to the timer task.
@@ -25,16 +45,35 @@ pub(crate) struct TimerHandle {
 }
 
 impl TimerHandle {
-    /// Starts the timer task, with no timer armed.
-    pub fn start(services: Weak<Services>) -> Self {
+    /// Starts the timer task, with no timer armed, and the task that moves
+    /// every open shard's window along.
+    pub fn start(services: Weak<Services>, shards: u32, window: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(services, rx));
+        tokio::spawn(run(services.clone(), shards, rx));
+        tokio::spawn(move_windows(services, window));
         Self { tx }
     }
 
+    /// Opens `shard`'s window up to `until`: timers armed from now on and
+    /// due by then are held. Returns once the timer task holds it, so that
+    /// a read of the window that follows misses nothing armed meanwhile.
+    pub async fn open_shard(&self, shard: u32, until: Millis) {
+        let (done, opened) = oneshot::channel();
+        let _ = self.tx.send(TimerCmd::Open { shard, until, done });
+        let _ = opened.await;
+    }
+
+    /// Moves `shard`'s window to `until`; the previous end, or `None` when
+    /// the shard is not open here.
+    async fn extend(&self, shard: u32, until: Millis) -> Option<Millis> {
+        let (done, extended) = oneshot::channel();
+        let _ = self.tx.send(TimerCmd::Extend { shard, until, done });
+        extended.await.ok().flatten()
+    }
+
     /// Forgets every timer of `shard` (it is no longer active here).
-    pub fn drop_shard(&self, shard: u32, shards: u32) {
-        let _ = self.tx.send(TimerCmd::DropShard { shard, shards });
+    pub fn drop_shard(&self, shard: u32) {
+        let _ = self.tx.send(TimerCmd::DropShard { shard });
     }
 
     /// Arms (or re-arms) a timer.
@@ -136,8 +175,46 @@ impl Armed {
     }
 }
 
-async fn run(services: Weak<Services>, mut rx: mpsc::UnboundedReceiver<TimerCmd>) {
+/// Every quarter window, moves each open shard's window to a full window
+/// from now and arms the timers it reaches.
+async fn move_windows(services: Weak<Services>, window: Duration) {
+    let mut tick = tokio::time::interval(window / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(services) = services.upgrade() else {
+            return;
+        };
+        let until = super::now_millis() + window.as_millis() as Millis;
+        for shard in 0..services.settings.shards {
+            if !services.router.is_active(shard) {
+                continue;
+            }
+            let Some(previous) = services.timers.extend(shard, until).await else {
+                continue;
+            };
+            let store = services.store.clone();
+            let read =
+                tokio::task::spawn_blocking(move || store.timers_due(shard, Some(previous), until))
+                    .await;
+            match read {
+                Ok(Ok(due)) => {
+                    for timer in due {
+                        services.timers.arm(&timer.instance, timer.timer, timer.at);
+                    }
+                }
+                Ok(Err(e)) => tracing::error!(shard_id = shard, error = %e, "reading due timers"),
+                Err(e) => tracing::error!(shard_id = shard, error = %e, "reading due timers"),
+            }
+        }
+    }
+}
+
+async fn run(services: Weak<Services>, shards: u32, mut rx: mpsc::UnboundedReceiver<TimerCmd>) {
     let mut timers = Armed::default();
+    // The end of each open shard's window.
+    let mut windows: HashMap<u32, Millis> = HashMap::new();
     loop {
         metrics::gauge!(crate::metrics::TIMERS_ARMED).set(timers.len() as f64);
         let now = super::now_millis();
@@ -159,9 +236,28 @@ async fn run(services: Weak<Services>, mut rx: mpsc::UnboundedReceiver<TimerCmd>
             None => rx.recv().await,
         };
         match command {
-            Some(TimerCmd::Arm(instance, timer, at)) => timers.arm(&instance, &timer, at),
+            Some(TimerCmd::Arm(instance, timer, at)) => {
+                let shard = troupe_protocol::shard_of(&instance, shards);
+                // Past the window: on disk until the window reaches it.
+                if windows.get(&shard).is_none_or(|until| at <= *until) {
+                    timers.arm(&instance, &timer, at);
+                }
+            }
             Some(TimerCmd::Cancel(instance, timer)) => timers.cancel(&instance, &timer),
-            Some(TimerCmd::DropShard { shard, shards }) => {
+            Some(TimerCmd::Open { shard, until, done }) => {
+                windows.insert(shard, until);
+                let _ = done.send(());
+            }
+            Some(TimerCmd::Extend { shard, until, done }) => {
+                let previous = windows.get_mut(&shard).map(|end| {
+                    let previous = *end;
+                    *end = until.max(previous);
+                    previous
+                });
+                let _ = done.send(previous);
+            }
+            Some(TimerCmd::DropShard { shard }) => {
+                windows.remove(&shard);
                 timers.drop_where(|instance| troupe_protocol::shard_of(instance, shards) == shard)
             }
             None => return,

@@ -185,6 +185,11 @@ pub struct EngineConfig {
     /// Window of the restart budget.
     #[serde(with = "crate::duration_serde")]
     pub restart_window: Duration,
+    /// Timers due within this window are held in memory; later ones stay
+    /// on disk until the window reaches them (a shard's activation reads
+    /// only this window, whatever the number of waiting instances).
+    #[serde(with = "crate::duration_serde")]
+    pub timer_window: Duration,
 }
 
 impl Default for EngineConfig {
@@ -193,6 +198,7 @@ impl Default for EngineConfig {
             passivate_after: Duration::from_secs(2),
             restart_budget: 5,
             restart_window: Duration::from_secs(60),
+            timer_window: Duration::from_secs(60),
         }
     }
 }
@@ -338,6 +344,9 @@ impl Config {
         }
         if self.storage.max_batch == 0 {
             return invalid("storage.max-batch", "must be >= 1");
+        }
+        if self.engine.timer_window < Duration::from_secs(1) {
+            return invalid("engine.timer-window", "must be >= 1s");
         }
         if self.storage.write_buffer_mb < 4 {
             return invalid("storage.write-buffer-mb", "must be >= 4");

@@ -69,6 +69,7 @@ impl Node {
         let settings = Settings {
             shards: config.shards,
             passivate_after: config.engine.passivate_after,
+            timer_window: config.engine.timer_window,
             restart_budget: config.engine.restart_budget,
             restart_window: config.engine.restart_window,
             max_pending_per_shard: config.limits.max_pending_per_shard,

@@ -27,7 +27,7 @@ fn write_config(dir: &Path) -> (PathBuf, Vec<String>) {
         bases.push(format!("http://127.0.0.1:{http}"));
     }
     let text = format!(
-        "data-dir = \"{}/node-{{node-id}}\"\nshards = {SHARDS}\n[engine]\npassivate-after = \"500ms\"\n[cluster]\nreplication-factor = 3\nelection-timeout-min = \"300ms\"\nelection-timeout-max = \"600ms\"\nheartbeat-interval = \"100ms\"\nsnapshot-after-entries = 20\ncookie = \"{COOKIE}\"\n{members}",
+        "data-dir = \"{}/node-{{node-id}}\"\nshards = {SHARDS}\n[engine]\npassivate-after = \"500ms\"\n[cluster]\nreplication-factor = 3\nelection-timeout-min = \"300ms\"\nelection-timeout-max = \"600ms\"\nheartbeat-interval = \"100ms\"\nsnapshot-after-entries = 5\ncookie = \"{COOKIE}\"\n{members}",
         dir.display()
     );
     let path = dir.join("cluster.toml");

@@ -262,3 +262,59 @@ async fn timers_due_when_a_shard_activates_all_fire() {
     }
     second.shutdown().await;
 }
+
+/// A node whose timer window is one second.
+async fn windowed(dir: &TempDir) -> (Node, Api) {
+    common::node_with(
+        dir,
+        "[engine]\npassivate-after = \"300ms\"\ntimer-window = \"1s\"\n",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_past_the_window_wait_on_disk_and_fire_when_it_reaches_them() {
+    let dir = TempDir::new("shards-window");
+    let (first, api) = windowed(&dir).await;
+    api.deploy(
+        "name: soon\nversion: 1\nsteps:\n  - { id: nap, wait: 3s }\n  - { id: done, task: noop }\n",
+    )
+    .await;
+    api.deploy("name: later\nversion: 1\nsteps:\n  - { id: nap, wait: 1h }\n")
+        .await;
+    for n in 0..20 {
+        api.start("soon", &format!("soon-{n}"), json!({})).await;
+        api.start("later", &format!("later-{n}"), json!({})).await;
+    }
+    // Every timer was past the window when armed: none is in memory. The
+    // 3-s ones are read back as the window reaches them, and fire.
+    eventually(30, "every 3-s wait to complete", || async {
+        let (_, page) = api
+            .get("/v1/workflows?definition=soon&status=completed&limit=50")
+            .await;
+        (page["workflows"].as_array()?.len() == 20).then_some(())
+    })
+    .await;
+    // The hour-long timers never came into memory.
+    eventually(5, "no timer held in memory", || async {
+        (api.metric("troupe_timers_armed").await == 0.0).then_some(())
+    })
+    .await;
+    let (_, waiting) = api
+        .get("/v1/workflows?definition=later&status=waiting&limit=50")
+        .await;
+    assert_eq!(waiting["workflows"].as_array().unwrap().len(), 20);
+
+    // Activation reads only the window: after a restart, still nothing.
+    first.shutdown().await;
+    let (second, api) = windowed(&dir).await;
+    api.deploy(
+        "name: soon\nversion: 1\nsteps:\n  - { id: nap, wait: 3s }\n  - { id: done, task: noop }\n",
+    )
+    .await;
+    api.start("soon", "soon-after-restart", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(api.metric("troupe_timers_armed").await, 0.0);
+    api.wait_status("soon-after-restart", "completed").await;
+    second.shutdown().await;
+}

@@ -215,14 +215,25 @@ impl ShardBatch {
     }
 
     /// Stores an armed timer.
-    pub fn arm_timer(&mut self, timer: &TimerRecord) {
+    /// `replaces`: when the same timer was armed before, when it was due.
+    pub fn arm_timer(&mut self, timer: &TimerRecord, replaces: Option<Millis>) {
         let key = keys::timer(self.shard, &timer.instance, &timer.timer);
         self.put(Table::Timers, key, timer);
+        if let Some(old) = replaces.filter(|old| *old != timer.at) {
+            let due = keys::timer_due(self.shard, old, &timer.instance, &timer.timer);
+            self.delete(Table::TimersDue, due);
+        }
+        let due = keys::timer_due(self.shard, timer.at, &timer.instance, &timer.timer);
+        self.put(Table::TimersDue, due, timer);
     }
 
-    /// Removes a timer.
-    pub fn cancel_timer(&mut self, id: &str, timer: &TimerId) {
+    /// Removes a timer that was due at `at` (`None`: not stored).
+    pub fn cancel_timer(&mut self, id: &str, timer: &TimerId, at: Option<Millis>) {
+        let Some(at) = at else {
+            return;
+        };
         self.delete(Table::Timers, keys::timer(self.shard, id, timer));
+        self.delete(Table::TimersDue, keys::timer_due(self.shard, at, id, timer));
     }
 
     /// Stores an effect to carry out at least once.
@@ -341,11 +352,12 @@ mod tests {
                 path: "p".into(),
                 attempt: 0,
             },
+            Some(9),
         );
         batch.count_status(InstanceStatus::Waiting, -1);
         let back = ShardBatch::from_bytes(&batch.to_bytes()).unwrap();
         assert_eq!(back, batch);
-        assert_eq!(back.len(), 3);
+        assert_eq!(back.len(), 4, "event, timer and its due entry, counter");
         assert!(ShardBatch::from_bytes(b"\xff\xff").is_err());
     }
 }

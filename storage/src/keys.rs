@@ -23,6 +23,9 @@ pub enum Table {
     Journal,
     /// `shard | id 0x00 | kind u8 | attempt u32 | path` → timer record.
     Timers,
+    /// Index: `shard | at u64 | id 0x00 | kind u8 | attempt u32 | path` →
+    /// timer record (timers in due order, loaded a window at a time).
+    TimersDue,
     /// `shard | id 0x00 | path` → outbox record.
     Outbox,
     /// `shard | task id` → human task record.
@@ -47,12 +50,13 @@ pub enum Table {
 
 impl Table {
     /// Every shard-scoped table.
-    pub const ALL: [Table; 13] = [
+    pub const ALL: [Table; 14] = [
         Table::Instances,
         Table::Snapshots,
         Table::Steps,
         Table::Journal,
         Table::Timers,
+        Table::TimersDue,
         Table::Outbox,
         Table::HumanTasks,
         Table::Incidents,
@@ -71,6 +75,7 @@ impl Table {
             Table::Steps => "steps",
             Table::Journal => "journal",
             Table::Timers => "timers",
+            Table::TimersDue => "timers_due",
             Table::Outbox => "outbox",
             Table::HumanTasks => "human_tasks",
             Table::Incidents => "incidents",
@@ -225,6 +230,24 @@ pub fn timer(shard: u32, id: &str, timer: &TimerId) -> Vec<u8> {
     key
 }
 
+/// Due-order key of a timer of instance `id` due at `at`.
+pub fn timer_due(shard: u32, at: u64, id: &str, timer: &TimerId) -> Vec<u8> {
+    let mut key = with_shard(shard, 8 + id.len() + 6 + timer.path.len());
+    key.extend_from_slice(&at.to_be_bytes());
+    push_str0(&mut key, id);
+    key.push(timer_kind_code(timer.kind));
+    key.extend_from_slice(&timer.attempt.to_be_bytes());
+    key.extend_from_slice(timer.path.as_bytes());
+    key
+}
+
+/// The first due-order key of `shard` at `at`.
+pub fn timer_due_from(shard: u32, at: u64) -> Vec<u8> {
+    let mut key = with_shard(shard, 8);
+    key.extend_from_slice(&at.to_be_bytes());
+    key
+}
+
 /// Outbox key of the effect at `path`.
 pub fn outbox(shard: u32, id: &str, path: &str) -> Vec<u8> {
     let mut key = instance_prefix(shard, id);
@@ -351,6 +374,11 @@ mod tests {
             attempt: 7,
         };
         assert_eq!(timer(2, "i", &t), b"\0\0\0\x02i\0\x08\0\0\0\x07x/1");
+        assert_eq!(
+            timer_due(2, 258, "i", &t),
+            b"\0\0\0\x02\0\0\0\0\0\0\x01\x02i\0\x08\0\0\0\x07x/1"
+        );
+        assert_eq!(timer_due_from(2, 258), b"\0\0\0\x02\0\0\0\0\0\0\x01\x02");
         assert_eq!(outbox(0, "i", "p"), b"\0\0\0\0i\0p");
         assert_eq!(step(0, "i", "e/1/p"), b"\0\0\0\0i\0e/1/p");
         assert_eq!(

@@ -110,6 +110,8 @@ pub struct StoredInstance {
     pub tail: Vec<Event>,
     /// Encoded size of those events, bytes.
     pub tail_bytes: usize,
+    /// Its armed timers (none for an ended instance).
+    pub timers: Vec<TimerRecord>,
 }
 
 /// An armed timer.

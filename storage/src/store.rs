@@ -11,12 +11,13 @@ use crate::records::{
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use troupe_engine::engine::{Event, InstanceStatus, StepRun};
+use troupe_engine::engine::{Event, InstanceStatus, Millis, StepRun};
 
 /// The storage format this build reads and writes (`meta/format`).
 /// Format 1 (keys not scoped by shard) had no `format` key; format 2
-/// rewrote the whole instance on every transition.
-pub const FORMAT: u32 = 3;
+/// rewrote the whole instance on every transition; format 3 had no
+/// due-order timer index.
+pub const FORMAT: u32 = 4;
 
 /// How to open the store.
 #[derive(Debug, Clone, Copy)]
@@ -340,6 +341,7 @@ impl Store {
                 snapshot_bytes: bytes.len(),
                 tail: Vec::new(),
                 tail_bytes: 0,
+                timers: Vec::new(),
             });
         }
         // The instance may move on meanwhile: read the head again, with the
@@ -381,12 +383,23 @@ impl Store {
                 tail.push(decode(cf, &value)?);
             }
         }
+        let cf = Table::Timers.cf();
+        let prefix = keys::instance_prefix(shard, id);
+        let mut timers = Vec::new();
+        for item in view.iterator_cf(self.cf(cf), IteratorMode::From(&prefix, Direction::Forward)) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            timers.push(decode(cf, &value)?);
+        }
         Ok(StoredInstance {
             head,
             snapshot,
             snapshot_bytes,
             tail,
             tail_bytes,
+            timers,
         })
     }
 
@@ -452,6 +465,34 @@ impl Store {
     /// Every armed timer of a shard.
     pub fn timers(&self, shard: u32) -> Result<Vec<TimerRecord>> {
         self.values(Table::Timers.cf(), &keys::shard_start(shard))
+    }
+
+    /// Timers of a shard due after `after` (from the start: `None`) and at
+    /// or before `until`, in due order: a window of the due-order index.
+    pub fn timers_due(
+        &self,
+        shard: u32,
+        after: Option<Millis>,
+        until: Millis,
+    ) -> Result<Vec<TimerRecord>> {
+        let from = keys::timer_due_from(shard, after.map_or(0, |a| a.saturating_add(1)));
+        let to = keys::timer_due_from(shard, until.saturating_add(1));
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_upper_bound(to);
+        let mut iter = self
+            .db
+            .raw_iterator_cf_opt(self.cf(Table::TimersDue.cf()), options);
+        iter.seek(&from);
+        let mut due = Vec::new();
+        while let Some(value) = iter.value() {
+            due.push(codec::decode(value).map_err(|source| Error::Corrupt {
+                cf: "timers_due",
+                source,
+            })?);
+            iter.next();
+        }
+        iter.status()?;
+        Ok(due)
     }
 
     /// Instances of a shard with outbox entries (work that may need redoing

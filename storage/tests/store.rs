@@ -195,11 +195,14 @@ async fn a_shard_moves_whole_between_stores_and_leaves_nothing_behind() {
         path: "nap".into(),
         attempt: 0,
     };
-    batch.arm_timer(&TimerRecord {
-        instance: id.clone(),
-        timer: timer.clone(),
-        at: 99,
-    });
+    batch.arm_timer(
+        &TimerRecord {
+            instance: id.clone(),
+            timer: timer.clone(),
+            at: 99,
+        },
+        None,
+    );
     batch.put_human_task(&HumanTaskRecord {
         id: human_task_id(1, &id, "ask"),
         instance: id.clone(),
@@ -415,15 +418,18 @@ fn the_metadata_group_moves_definitions_and_the_cluster_map_and_nothing_else() {
     from.apply_replicated(META_GROUP, batches, vec![]).unwrap();
     // A shard's entry on the receiving side is left alone by the install.
     let mut shard = ShardBatch::new(0);
-    shard.arm_timer(&TimerRecord {
-        instance: "w".into(),
-        timer: TimerId {
-            kind: TimerKind::Wait,
-            path: "nap".into(),
-            attempt: 0,
+    shard.arm_timer(
+        &TimerRecord {
+            instance: "w".into(),
+            timer: TimerId {
+                kind: TimerKind::Wait,
+                path: "nap".into(),
+                attempt: 0,
+            },
+            at: 5,
         },
-        at: 5,
-    });
+        None,
+    );
     to.apply_replicated(0, vec![shard], vec![]).unwrap();
     to.apply_replicated(META_GROUP, vec![ShardBatch::deploy(&record(9))], vec![])
         .unwrap();
@@ -452,4 +458,53 @@ fn the_metadata_group_moves_definitions_and_the_cluster_map_and_nothing_else() {
         .unwrap();
     to.log_truncate_from(META_GROUP, 2).unwrap();
     assert_eq!(to.log_last(META_GROUP).unwrap().map(|(i, _)| i), Some(1));
+}
+
+#[test]
+fn timers_are_read_by_due_window_and_rearming_or_cancelling_leaves_no_stale_entry() {
+    let dir = Dir::new("due");
+    let store = open(&dir.0, 2).unwrap();
+    let timer = |path: &str| TimerId {
+        kind: TimerKind::Wait,
+        path: path.into(),
+        attempt: 0,
+    };
+    let record = |id: &str, path: &str, at| TimerRecord {
+        instance: id.into(),
+        timer: timer(path),
+        at,
+    };
+    let mut batch = ShardBatch::new(1);
+    batch.arm_timer(&record("a", "x", 10), None);
+    batch.arm_timer(&record("b", "y", 1_000), None);
+    batch.arm_timer(&record("c", "z", 50), None);
+    store.apply_replicated(1, vec![batch], vec![]).unwrap();
+    let mut batch = ShardBatch::new(1);
+    // a moves from 10 to 60; c is withdrawn.
+    batch.arm_timer(&record("a", "x", 60), Some(10));
+    batch.cancel_timer("c", &timer("z"), Some(50));
+    store.apply_replicated(1, vec![batch], vec![]).unwrap();
+
+    let ats = |after, until| -> Vec<u64> {
+        store
+            .timers_due(1, after, until)
+            .unwrap()
+            .iter()
+            .map(|t| t.at)
+            .collect()
+    };
+    assert_eq!(ats(None, 59), Vec::<u64>::new(), "nothing stale is left");
+    assert_eq!(ats(None, 60), vec![60]);
+    assert_eq!(
+        ats(Some(60), 999),
+        Vec::<u64>::new(),
+        "the window excludes its start"
+    );
+    assert_eq!(ats(Some(60), 1_000), vec![1_000]);
+    assert_eq!(ats(None, u64::MAX), vec![60, 1_000]);
+    assert!(
+        store.timers_due(0, None, u64::MAX).unwrap().is_empty(),
+        "per shard"
+    );
+    assert_eq!(store.timers(1).unwrap().len(), 2);
 }
