@@ -158,8 +158,15 @@ pub async fn failover(
     before: Duration,
     after: Duration,
     shards: u32,
+    waiting: u64,
 ) -> anyhow::Result<serde_json::Value> {
     let mut cluster = LocalCluster::spawn(shards)?;
+    cluster.leaders().await?;
+    let stored = if waiting > 0 {
+        store_waiting(&cluster, waiting).await?
+    } else {
+        serde_json::Value::Null
+    };
     let leaders = cluster.leaders().await?;
     let victim = (1..=3u64)
         .max_by_key(|n| leaders.iter().filter(|l| *l == n).count())
@@ -222,5 +229,38 @@ pub async fn failover(
             "max": tally.latency.max() as f64 / 1000.0,
         },
         "longest_wait_ms": tally.latency.max() as f64 / 1000.0,
+        "waiting_instances": stored,
+    }))
+}
+
+/// Starts `count` instances that wait an hour, closed loop at c=256 over
+/// every member; reports how many and how fast.
+async fn store_waiting(cluster: &LocalCluster, count: u64) -> anyhow::Result<serde_json::Value> {
+    let scenario = Scenario::Timers;
+    let mut clients = Vec::new();
+    for native in &cluster.natives {
+        clients.push(Client::connect(native.clone()).await?);
+    }
+    clients[0].deploy(&scenario.definition()).await?;
+    let mode = Mode::Closed(256);
+    let prefix = format!("waiting-{}", std::process::id());
+    let plan = Plan {
+        scenario,
+        mode: &mode,
+        warmup: Duration::ZERO,
+        duration: Duration::from_secs(24 * 3600),
+        count: Some(count),
+        prefix: &prefix,
+    };
+    let began = Instant::now();
+    eprintln!("  starting {count} waiting instances");
+    let tally = load::run(&clients, plan, std::sync::Arc::new(|| None)).await;
+    eprintln!();
+    let secs = began.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "started": tally.started,
+        "errors": tally.errors,
+        "seconds": secs,
+        "per_second": tally.started as f64 / secs,
     }))
 }

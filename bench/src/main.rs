@@ -146,6 +146,11 @@ enum Cmd {
         /// Shards.
         #[arg(long, default_value_t = 16)]
         shards: u32,
+        /// Instances waiting on an hour-long timer, started (at full speed)
+        /// before the load: a new leader's activation must not grow with
+        /// them.
+        #[arg(long, default_value_t = 0)]
+        waiting: u64,
     },
     /// A long closed-loop noop run; writes throughput and memory per window
     /// to docs/benchmarks.md.
@@ -238,8 +243,9 @@ async fn main() -> anyhow::Result<()> {
             before,
             after,
             shards,
+            waiting,
         } => {
-            let result = cluster::failover(rate, before, after, shards).await?;
+            let result = cluster::failover(rate, before, after, shards, waiting).await?;
             println!("{}", serde_json::to_string_pretty(&result)?);
         }
     }

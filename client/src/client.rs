@@ -3,12 +3,13 @@
 
 use crate::Error;
 use crate::connection::Connection;
+use crate::routing::Routing;
 use serde_json::Value as Json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
 use troupe_protocol::{
-    ListWorkflows, Page, PollTasks, Request, Response, StartWorkflow, TaskAssignment,
+    ErrorCode, ListWorkflows, Page, PollTasks, Request, Response, StartWorkflow, TaskAssignment,
 };
 
 /// How requests refused as overloaded or unavailable (or lost with a broken
@@ -68,23 +69,68 @@ fn fastrand_unit() -> f64 {
 
 /// A handle to a node. Cloning is cheap; clones share the connection, and
 /// any number of requests may be in flight on it at once.
+///
+/// Connected to a cluster node, requests about one instance go straight to
+/// the leader of its shard (see `routing.rs`); everything else goes to the
+/// node given.
 #[derive(Clone)]
 pub struct Client {
     addr: String,
     connection: Arc<Mutex<Option<Arc<Connection>>>>,
     retry: RetryPolicy,
+    routing: Option<Arc<Routing>>,
 }
 
 impl Client {
     /// Connects to a node's native address (`host:port`).
     pub async fn connect(addr: impl Into<String>) -> Result<Self, Error> {
         let client = Self {
+            routing: Some(Arc::default()),
+            ..Self::direct(addr).await?
+        };
+        Ok(client)
+    }
+
+    /// Connects to a node, sending it everything (no routing by shard,
+    /// one try per request: the caller of a leader's client retries).
+    pub(crate) async fn direct(addr: impl Into<String>) -> Result<Self, Error> {
+        let client = Self {
             addr: addr.into(),
             connection: Arc::new(Mutex::new(None)),
-            retry: RetryPolicy::default(),
+            retry: RetryPolicy::none(),
+            routing: None,
         };
         client.live().await?;
-        Ok(client)
+        Ok(client.with_retry(RetryPolicy::default()))
+    }
+
+    /// The same client, sending everything to the node given.
+    pub fn without_routing(mut self) -> Self {
+        self.routing = None;
+        self
+    }
+
+    /// The node's address.
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The node's `/v1/cluster` view (one try).
+    pub(crate) async fn cluster_map(&self) -> Result<Json, Error> {
+        match self.once(Request::Cluster).await? {
+            Response::Json(text) => serde_json::from_str(&text)
+                .map_err(|e| Error::Protocol(format!("answer is not JSON: {e}"))),
+            other => Err(Error::Protocol(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// One try of `request` on this client's node.
+    async fn once(&self, request: Request) -> Result<Response, Error> {
+        let conn = self.live().await?;
+        conn.call(request).await.and_then(|r| match r {
+            Response::Error(e) => Err(Error::from_wire(e)),
+            other => Ok(other),
+        })
     }
 
     /// The same client with another retry policy.
@@ -95,9 +141,11 @@ impl Client {
 
     /// A client with its own connection to the same node.
     pub async fn reconnect(&self) -> Result<Self, Error> {
-        Self::connect(self.addr.clone())
-            .await
-            .map(|c| c.with_retry(self.retry.clone()))
+        let client = Self::direct(self.addr.clone()).await?;
+        Ok(Self {
+            routing: self.routing.as_ref().map(|_| Arc::default()),
+            ..client.with_retry(self.retry.clone())
+        })
     }
 
     /// The current connection, opening a new one if it broke.
@@ -116,17 +164,45 @@ impl Client {
     pub async fn request(&self, request: Request, idempotent: bool) -> Result<Response, Error> {
         let mut retry = 0;
         loop {
-            let result = match self.live().await {
-                Ok(conn) => conn.call(request.clone()).await.and_then(|r| match r {
-                    Response::Error(e) => Err(Error::from_wire(e)),
-                    other => Ok(other),
-                }),
-                Err(e) => Err(e),
+            let leader = match (&self.routing, request.instance()) {
+                (Some(routing), Some(id)) => routing.leader_for(self, id).await,
+                _ => None,
+            };
+            let result = match &leader {
+                Some(leader) => {
+                    leader
+                        .once(Request::Routed(Box::new(request.clone())))
+                        .await
+                }
+                None => self.once(request.clone()).await,
             };
             let err = match result {
                 Ok(response) => return Ok(response),
                 Err(e) => e,
             };
+            if let Some(routing) = &self.routing {
+                match &err {
+                    Error::Node {
+                        code: ErrorCode::NotLeader,
+                        details,
+                        ..
+                    } => {
+                        // Straight to the leader it names, no backoff.
+                        routing.learn(details);
+                        retry += 1;
+                        if retry >= self.retry.attempts {
+                            return Err(err);
+                        }
+                        continue;
+                    }
+                    Error::Node {
+                        code: ErrorCode::Unavailable,
+                        ..
+                    }
+                    | Error::Connection(_) => routing.forget(),
+                    _ => {}
+                }
+            }
             let retryable = match &err {
                 Error::Node { code, .. } => code.is_retryable(),
                 Error::Connection(_) => idempotent,

@@ -14,11 +14,15 @@
 //! Requests refused as overloaded or unavailable are retried with
 //! exponential backoff ([`RetryPolicy`]); starts always carry an instance id
 //! (generated when the caller gives none), so a retried start never creates
-//! a second instance. See [`Worker`] for serving task types.
+//! a second instance. Connected to a cluster node, the client learns which
+//! node leads which shard and sends requests about an instance straight to
+//! its shard's leader, following `not_leader` answers. See [`Worker`] for
+//! serving task types.
 
 mod client;
 mod connection;
 mod error;
+mod routing;
 mod worker;
 
 pub use client::{Client, RetryPolicy};

@@ -183,6 +183,27 @@ impl Peers {
             .filter(|leader| *leader != self.me)
     }
 
+    /// The answer to a routed request for `shard`, which `leader` leads.
+    pub fn not_leader(&self, shard: u32, leader: u64) -> ApiError {
+        let native_addr = self
+            .section
+            .member(leader)
+            .map(|m| m.native_addr.to_string());
+        ApiError::new(
+            ErrorCode::NotLeader,
+            format!(
+                "node {} does not lead shard {shard}; node {leader} does",
+                self.me
+            ),
+        )
+        .with_details(json!({
+            "shard": shard,
+            "leader": leader,
+            "native_addr": native_addr,
+            "epoch": self.cluster.cluster_map().map_or(0, |m| m.epoch),
+        }))
+    }
+
     async fn client(&self, node: u64) -> Result<Client, ApiError> {
         let mut clients = self.clients.lock().await;
         if let Some(client) = clients.get(&node) {
@@ -194,6 +215,7 @@ impl Peers {
         let client = Client::connect(member.native_addr.to_string())
             .await
             .map_err(|e| unreachable(node, e))?
+            .without_routing()
             .with_retry(RetryPolicy::none());
         clients.insert(node, client.clone());
         Ok(client)
@@ -421,6 +443,7 @@ impl Remote for PeerRemote {
 
     fn deliver(&self, shard: u32, id: String, command: Command) -> RemoteReply {
         use tracing::Instrument;
+        metrics::counter!(crate::metrics::FORWARDED_TOTAL).increment(1);
         let wire = serde_json::to_string(&WireCommand::from(command));
         let peers = self.0.clone();
         let span = tracing::debug_span!("forward", shard, node = peers.me);

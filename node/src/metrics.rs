@@ -14,6 +14,9 @@ pub const NATIVE_CONNECTIONS: &str = "troupe_native_connections";
 /// Native-protocol connections closed for a malformed or oversized frame.
 pub const NATIVE_BAD_FRAMES_TOTAL: &str = "troupe_native_bad_frames_total";
 
+/// Commands for a shard led elsewhere, handed to its leader (one hop).
+pub const FORWARDED_TOTAL: &str = "troupe_cluster_forwarded_total";
+
 /// Installs the Prometheus recorder once per process and describes every metric.
 pub fn install() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -32,6 +35,10 @@ pub fn install() -> PrometheusHandle {
             describe_counter!(
                 NATIVE_BAD_FRAMES_TOTAL,
                 "Native connections closed for a malformed or oversized frame"
+            );
+            describe_counter!(
+                FORWARDED_TOTAL,
+                "Commands handed to the leader of their shard on another node"
             );
             handle
         })

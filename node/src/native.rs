@@ -267,6 +267,18 @@ fn limit(page: &Page) -> Option<usize> {
 /// Runs one request through the same operations as the HTTP listener.
 async fn handle(state: &NativeState, request: Request) -> api::Result<Response> {
     let rt = &state.runtime;
+    let request = match request {
+        Request::Routed(inner) => {
+            if let (Some(peers), Some(id)) = (&state.peers, inner.instance()) {
+                let shard = rt.router().shard_of(id);
+                if let Some(leader) = peers.leader_elsewhere(shard) {
+                    return Err(peers.not_leader(shard, leader));
+                }
+            }
+            *inner
+        }
+        other => other,
+    };
     if let Some(peers) = &state.peers
         && let Some((leader, path)) = read_elsewhere(state, peers, &request)
     {
@@ -425,6 +437,10 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
         Request::OpenTaskStream { .. } | Request::AddCredit { .. } => Err(ApiError::new(
             ErrorCode::Internal,
             "stream requests are handled by the connection",
+        )),
+        Request::Routed(_) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "a routed request cannot hold another",
         )),
     }
 }

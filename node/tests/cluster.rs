@@ -318,3 +318,64 @@ async fn deploys_go_through_the_metadata_group_and_reach_a_member_that_was_cut_o
         m.node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rust_client_sends_each_instance_to_its_shard_leader() {
+    let dir = TempDir::new("cluster-route");
+    let members = cluster(&dir).await;
+    members[0].api.deploy(&nap_flow("10ms")).await;
+    let leaders = leaders(&members).await;
+    let forwarded = || members[0].api.metric("troupe_cluster_forwarded_total");
+
+    // Starts and reads through node 1's client reach every shard's leader
+    // directly: nothing is forwarded between nodes.
+    let client = troupe_client::Client::connect(members[0].node.native_addr().to_string())
+        .await
+        .unwrap();
+    let before = forwarded().await;
+    for shard in 0..SHARDS {
+        let id = id_on(shard, 11);
+        client.start("flow", Some(&id), &json!({})).await.unwrap();
+        let view = client.result(&id, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(view["status"], "completed", "{view}");
+    }
+    assert_eq!(forwarded().await, before, "a start was forwarded");
+    // The same through HTTP on node 1 is forwarded for shards it does not lead.
+    for shard in 0..SHARDS {
+        assert!(
+            members[0]
+                .api
+                .start_retrying("flow", &id_on(shard, 12), json!({}))
+                .await
+        );
+    }
+    let elsewhere = leaders.iter().filter(|l| **l != 1).count() as f64;
+    assert!(forwarded().await - before >= elsewhere);
+
+    // A routed request to a node that does not lead the shard is answered
+    // `not_leader`, naming the leader.
+    let shard = (0..SHARDS).find(|s| leaders[*s as usize] != 1).unwrap();
+    let leader = leaders[shard as usize];
+    let request = troupe_protocol::Request::Routed(Box::new(troupe_protocol::Request::Workflow {
+        id: id_on(shard, 11),
+    }));
+    let direct = client
+        .clone()
+        .without_routing()
+        .with_retry(troupe_client::RetryPolicy::none());
+    match direct.request(request, true).await {
+        Err(troupe_client::Error::Node { code, details, .. }) => {
+            assert_eq!(code, troupe_client::ErrorCode::NotLeader);
+            assert_eq!(details["leader"], leader);
+            let member = &members[leader as usize - 1];
+            assert_eq!(
+                details["native_addr"],
+                member.node.native_addr().to_string()
+            );
+        }
+        other => panic!("expected not_leader, got {other:?}"),
+    }
+    for m in members {
+        m.node.shutdown().await;
+    }
+}

@@ -39,13 +39,17 @@ pub enum ErrorCode {
     Overloaded,
     /// The node cannot serve right now (starting, draining, no quorum).
     Unavailable,
+    /// A routed request reached a node that does not lead the instance's
+    /// shard; details name the leader (`leader`, `native_addr`) and the
+    /// cluster map's `epoch`. Native protocol only.
+    NotLeader,
     /// An unexpected failure inside the node.
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         Self::InvalidRequest,
         Self::MalformedFrame,
         Self::InvalidDefinition,
@@ -60,6 +64,7 @@ impl ErrorCode {
         Self::InvalidState,
         Self::Overloaded,
         Self::Unavailable,
+        Self::NotLeader,
         Self::Internal,
     ];
 
@@ -80,6 +85,7 @@ impl ErrorCode {
             Self::InvalidState => "invalid_state",
             Self::Overloaded => "overloaded",
             Self::Unavailable => "unavailable",
+            Self::NotLeader => "not_leader",
             Self::Internal => "internal",
         }
     }
@@ -96,7 +102,7 @@ impl ErrorCode {
             Self::DefinitionConflict | Self::WorkflowConflict | Self::InvalidState => 409,
             Self::PayloadTooLarge => 413,
             Self::Overloaded => 429,
-            Self::Unavailable => 503,
+            Self::Unavailable | Self::NotLeader => 503,
             Self::Internal => 500,
         }
     }
@@ -108,7 +114,7 @@ impl ErrorCode {
 
     /// Whether sending the same request again later can succeed.
     pub const fn is_retryable(self) -> bool {
-        matches!(self, Self::Overloaded | Self::Unavailable)
+        matches!(self, Self::Overloaded | Self::Unavailable | Self::NotLeader)
     }
 }
 
@@ -134,11 +140,18 @@ mod tests {
     }
 
     #[test]
-    fn only_capacity_errors_are_retryable() {
+    fn only_capacity_and_routing_errors_are_retryable() {
         let retryable: Vec<_> = ErrorCode::ALL
             .into_iter()
             .filter(|c| c.is_retryable())
             .collect();
-        assert_eq!(retryable, [ErrorCode::Overloaded, ErrorCode::Unavailable]);
+        assert_eq!(
+            retryable,
+            [
+                ErrorCode::Overloaded,
+                ErrorCode::Unavailable,
+                ErrorCode::NotLeader
+            ]
+        );
     }
 }

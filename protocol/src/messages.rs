@@ -202,6 +202,27 @@ pub enum Request {
         /// Longest wait, milliseconds.
         wait_ms: u64,
     },
+    /// A request about one instance, sent by a client to the leader of the
+    /// instance's shard by its cached cluster map. A node that does not
+    /// lead that shard answers `not_leader` (with the leader's address and
+    /// the map's epoch) instead of forwarding it.
+    Routed(Box<Request>),
+}
+
+impl Request {
+    /// The instance a request is about, which decides its shard.
+    pub fn instance(&self) -> Option<&str> {
+        match self {
+            Request::Start(start) => start.id.as_deref(),
+            Request::Workflow { id }
+            | Request::History { id, .. }
+            | Request::Steps { id, .. }
+            | Request::AwaitWorkflow { id, .. } => Some(id),
+            Request::Signal { workflow, .. } | Request::Cancel { workflow, .. } => Some(workflow),
+            Request::Routed(inner) => inner.instance(),
+            _ => None,
+        }
+    }
 }
 
 /// `POST /v1/workflows` body.
