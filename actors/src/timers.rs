@@ -238,9 +238,12 @@ async fn run(services: Weak<Services>, shards: u32, mut rx: mpsc::UnboundedRecei
         match command {
             Some(TimerCmd::Arm(instance, timer, at)) => {
                 let shard = troupe_protocol::shard_of(&instance, shards);
-                // Past the window: on disk until the window reaches it.
+                // Past the window: on disk until the window reaches it (and
+                // an earlier arming of it held here no longer stands).
                 if windows.get(&shard).is_none_or(|until| at <= *until) {
                     timers.arm(&instance, &timer, at);
+                } else {
+                    timers.cancel(&instance, &timer);
                 }
             }
             Some(TimerCmd::Cancel(instance, timer)) => timers.cancel(&instance, &timer),

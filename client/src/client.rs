@@ -195,6 +195,18 @@ impl Client {
                         }
                         continue;
                     }
+                    // The leader is gone: at once through the node given,
+                    // which waits for the next leader itself.
+                    Error::Connection(_) if idempotent && leader.is_some() => {
+                        if let Some(leader) = &leader {
+                            routing.unreachable(leader.addr());
+                        }
+                        retry += 1;
+                        if retry >= self.retry.attempts {
+                            return Err(err);
+                        }
+                        continue;
+                    }
                     Error::Node {
                         code: ErrorCode::Unavailable,
                         ..

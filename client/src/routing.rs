@@ -15,11 +15,17 @@ use std::time::{Duration, Instant};
 /// How soon a map marked stale may be fetched again.
 const REFETCH_AFTER: Duration = Duration::from_millis(50);
 
+/// How long a leader that could not be reached is skipped (requests go to
+/// the node given, which waits for a new leader itself).
+const AVOID_FOR: Duration = Duration::from_secs(1);
+
 /// The cluster map as this client knows it, and connections to leaders.
 #[derive(Default)]
 pub(crate) struct Routing {
     map: RwLock<Map>,
     leaders: tokio::sync::Mutex<HashMap<String, Client>>,
+    /// Leaders that could not be reached, and since when.
+    unreachable: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Default)]
@@ -47,7 +53,7 @@ impl Routing {
             let shard = troupe_protocol::shard_of(id, map.leaders.len() as u32);
             map.leaders[shard as usize].clone()?
         };
-        if addr == home.addr() {
+        if addr == home.addr() || self.avoided(&addr) {
             return None;
         }
         let mut leaders = self.leaders.lock().await;
@@ -61,10 +67,27 @@ impl Routing {
             }
             Err(_) => {
                 drop(leaders);
-                self.forget();
+                self.unreachable(&addr);
                 None
             }
         }
+    }
+
+    fn avoided(&self, addr: &str) -> bool {
+        let unreachable = self.unreachable.lock().expect("unreachable lock");
+        unreachable
+            .get(addr)
+            .is_some_and(|since| since.elapsed() < AVOID_FOR)
+    }
+
+    /// Skips the leader at `addr` for a while (it died, or the link did)
+    /// and reloads the map.
+    pub fn unreachable(&self, addr: &str) {
+        self.unreachable
+            .lock()
+            .expect("unreachable lock")
+            .insert(addr.to_owned(), Instant::now());
+        self.forget();
     }
 
     fn due(&self) -> bool {

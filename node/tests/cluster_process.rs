@@ -43,6 +43,22 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Three nodes on `dir`, with the nap flow deployed.
+    async fn start(dir: &Path) -> Self {
+        let (config, bases) = write_config(dir);
+        let mut cluster = Cluster {
+            config,
+            dir: dir.to_path_buf(),
+            bases,
+            nodes: vec![None, None, None],
+        };
+        for id in 1..=3 {
+            cluster.start_node(id);
+        }
+        cluster.api(1).deploy(&nap_flow(NAP)).await;
+        cluster
+    }
+
     fn start_node(&mut self, id: usize) {
         let log = self.dir.join(format!("node-{id}.log"));
         let node = NodeProcess::spawn_with(&self.config, &log, &["--node-id", &id.to_string()]);
@@ -89,17 +105,7 @@ impl Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_leader_loses_nothing_acknowledged() {
     let dir = TempDir::new("cluster-proc");
-    let (config, bases) = write_config(dir.path());
-    let mut cluster = Cluster {
-        config,
-        dir: dir.path().to_path_buf(),
-        bases,
-        nodes: vec![None, None, None],
-    };
-    for id in 1..=3 {
-        cluster.start_node(id);
-    }
-    cluster.api(1).deploy(&nap_flow(NAP)).await;
+    let mut cluster = Cluster::start(dir.path()).await;
     let leaders = cluster.leaders().await;
 
     // Steady starts through every node while the busiest leader dies.
@@ -244,17 +250,8 @@ fn run_refused(config: &Path, id: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn members_with_another_cookie_or_a_lost_data_dir_are_refused() {
     let dir = TempDir::new("cluster-refuse");
-    let (config, bases) = write_config(dir.path());
-    let mut cluster = Cluster {
-        config: config.clone(),
-        dir: dir.path().to_path_buf(),
-        bases,
-        nodes: vec![None, None, None],
-    };
-    for id in 1..=3 {
-        cluster.start_node(id);
-    }
-    cluster.api(1).deploy(&nap_flow(NAP)).await;
+    let mut cluster = Cluster::start(dir.path()).await;
+    let config = cluster.config.clone();
     cluster.leaders().await;
     // The control plane links every member: each sees the others up.
     for id in 1..=3 {
