@@ -274,7 +274,7 @@ impl Peers {
     /// Deploys `source` through the metadata group: its leader checks it
     /// against what is deployed and proposes it; any other node forwards it
     /// there. Answers (the definition's summary and `created`) once a
-    /// quorum holds it and every member that is up has applied it.
+    /// quorum holds it and every member that answers has applied it.
     pub async fn deploy(&self, rt: &Runtime, source: &str) -> Result<Json, ApiError> {
         let deadline = tokio::time::Instant::now() + LEADER_CHANGE_WAIT;
         loop {
@@ -347,15 +347,17 @@ impl Peers {
         Ok(view)
     }
 
-    /// Waits (a bounded time) until every other member that is up has
+    /// Waits (a bounded time) until every other member that answers has
     /// applied the metadata group's entry `index`, so that a start sent to
-    /// any node right after a deploy finds the definition.
+    /// any node right after a deploy finds the definition. (Every member is
+    /// asked: one just started may not be seen up yet; one that is down
+    /// fails at once.)
     async fn await_members(&self, index: u64) {
         let waits = self
             .section
             .members
             .iter()
-            .filter(|m| m.id != self.me && self.is_up(m.id))
+            .filter(|m| m.id != self.me)
             .map(|m| async move {
                 let outcome = self.forward(m.id, Request::AwaitMeta { index }).await;
                 if let Err(e) = outcome {

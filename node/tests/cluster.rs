@@ -52,16 +52,34 @@ struct Member {
 
 async fn cluster(dir: &TempDir) -> Vec<Member> {
     init_tracing();
-    let mut members = Vec::new();
-    for config in configs(dir) {
-        let links = LinkFilter::default();
-        let node = Node::start_linked(config, TaskHandlers::default(), links.clone())
-            .await
-            .expect("node starts");
-        let api = Api::new(&format!("http://{}", node.http_addr()));
-        members.push(Member { node, api, links });
+    // A port picked free may be taken by a test running beside this one
+    // before the node binds it: then start again on other ports.
+    for _ in 0..3 {
+        let mut members = Vec::new();
+        let mut taken = false;
+        for config in configs(dir) {
+            let links = LinkFilter::default();
+            match Node::start_linked(config, TaskHandlers::default(), links.clone()).await {
+                Ok(node) => {
+                    let api = Api::new(&format!("http://{}", node.http_addr()));
+                    members.push(Member { node, api, links });
+                }
+                Err(e) if format!("{e:#}").contains("Address already in use") => {
+                    taken = true;
+                    break;
+                }
+                Err(e) => panic!("node starts: {e:#}"),
+            }
+        }
+        if !taken {
+            return members;
+        }
+        for m in members {
+            m.node.shutdown().await;
+        }
+        let _ = std::fs::remove_dir_all(dir.path());
     }
-    members
+    panic!("no free ports for a cluster in three tries");
 }
 
 /// Shard → leader, once every shard has one that has activated it.

@@ -161,14 +161,14 @@ async fn a_killed_leader_loses_nothing_acknowledged() {
     // their logs) and every replica of every shard ends identical.
     cluster.start_node(victim);
     cluster.leaders().await;
-    let installed = cluster
-        .api(victim)
-        .metric("troupe_raft_snapshots_installed_total")
-        .await;
-    assert!(
-        installed > 0.0,
-        "the restarted node caught up without a snapshot"
-    );
+    let victim_api = cluster.api(victim);
+    eventually(30, "the restarted node installs a snapshot", || async {
+        let installed = victim_api
+            .metric("troupe_raft_snapshots_installed_total")
+            .await;
+        (installed > 0.0).then_some(())
+    })
+    .await;
     eventually(60, "replicas converge", || async {
         let mut all = Vec::new();
         for id in 1..=3 {
