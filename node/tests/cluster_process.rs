@@ -43,20 +43,34 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Three nodes on `dir`, with the nap flow deployed.
+    /// Three nodes on `dir`, with the nap flow deployed. A port picked
+    /// free may be taken by a test beside this one before a node binds it:
+    /// then all start again on other ports.
     async fn start(dir: &Path) -> Self {
-        let (config, bases) = write_config(dir);
-        let mut cluster = Cluster {
-            config,
-            dir: dir.to_path_buf(),
-            bases,
-            nodes: vec![None, None, None],
-        };
-        for id in 1..=3 {
-            cluster.start_node(id);
+        for _ in 0..3 {
+            let (config, bases) = write_config(dir);
+            let mut cluster = Cluster {
+                config,
+                dir: dir.to_path_buf(),
+                bases,
+                nodes: vec![None, None, None],
+            };
+            let all = (1..=3).all(|id| {
+                let log = dir.join(format!("node-{id}.log"));
+                let args = ["--node-id", &id.to_string()];
+                cluster.nodes[id - 1] = NodeProcess::try_spawn_with(&cluster.config, &log, &args);
+                cluster.nodes[id - 1].is_some()
+            });
+            if all {
+                cluster.api(1).deploy(&nap_flow(NAP)).await;
+                return cluster;
+            }
+            drop(cluster);
+            for id in 1..=3 {
+                let _ = std::fs::remove_dir_all(dir.join(format!("node-{id}")));
+            }
         }
-        cluster.api(1).deploy(&nap_flow(NAP)).await;
-        cluster
+        panic!("no free ports for a cluster in three tries");
     }
 
     fn start_node(&mut self, id: usize) {

@@ -65,6 +65,12 @@ impl NodeProcess {
 
     /// [`NodeProcess::spawn`] with more flags (`--node-id N`).
     pub fn spawn_with(config: &Path, log: &Path, args: &[&str]) -> Self {
+        Self::try_spawn_with(config, log, args).expect("node announces its addresses")
+    }
+
+    /// [`NodeProcess::spawn_with`], or `None` when the node exits before
+    /// it listens (a port taken meanwhile, say).
+    pub fn try_spawn_with(config: &Path, log: &Path, args: &[&str]) -> Option<Self> {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
         let log = std::fs::OpenOptions::new()
@@ -92,14 +98,16 @@ impl NodeProcess {
                 }
             }
         });
-        let (base, native) = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("node announces its addresses");
-        Self {
+        let Ok((base, native)) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        };
+        Some(Self {
             child,
             api: Api::new(&base),
             native,
-        }
+        })
     }
 
     /// Resident memory of the process, in bytes.
