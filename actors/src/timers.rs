@@ -197,15 +197,16 @@ async fn move_windows(services: Weak<Services>, window: Duration) {
             let store = services.store.clone();
             let read =
                 tokio::task::spawn_blocking(move || store.timers_due(shard, Some(previous), until))
-                    .await;
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|due| due.map_err(|e| e.to_string()));
             match read {
-                Ok(Ok(due)) => {
+                Ok(due) => {
                     for timer in due {
                         services.timers.arm(&timer.instance, timer.timer, timer.at);
                     }
                 }
-                Ok(Err(e)) => tracing::error!(shard_id = shard, error = %e, "reading due timers"),
-                Err(e) => tracing::error!(shard_id = shard, error = %e, "reading due timers"),
+                Err(error) => tracing::error!(shard_id = shard, %error, "reading due timers"),
             }
         }
     }

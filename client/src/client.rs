@@ -91,17 +91,16 @@ impl Client {
         Ok(client)
     }
 
-    /// Connects to a node, sending it everything (no routing by shard,
-    /// one try per request: the caller of a leader's client retries).
+    /// Connects to a node, sending it everything (no routing by shard).
     pub(crate) async fn direct(addr: impl Into<String>) -> Result<Self, Error> {
         let client = Self {
             addr: addr.into(),
             connection: Arc::new(Mutex::new(None)),
-            retry: RetryPolicy::none(),
+            retry: RetryPolicy::default(),
             routing: None,
         };
         client.live().await?;
-        Ok(client.with_retry(RetryPolicy::default()))
+        Ok(client)
     }
 
     /// The same client, sending everything to the node given.
