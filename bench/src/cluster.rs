@@ -1,6 +1,8 @@
 //! A local three-node cluster this harness starts (loopback, fresh data
-//! dirs, replication factor 3, fsync on), and the failover scenario: kill
-//! -9 the node leading the most shards under steady open-loop load.
+//! dirs, replication factor 3, fsync on, a spare node 4 described), and the
+//! scenarios run on it under steady open-loop load: failover (kill -9 the
+//! node leading the most shards) and operations (a node joins; a node is
+//! drained and removed).
 
 use crate::load::{self, Mode, Plan};
 use crate::scenario::Scenario;
@@ -36,11 +38,12 @@ impl LocalCluster {
         std::fs::create_dir_all(&dir)?;
         let mut members = String::new();
         let (mut natives, mut https) = (Vec::new(), Vec::new());
-        for id in 1..=3 {
+        for id in 1..=4 {
             let (http, native, raft) = (free_port()?, free_port()?, free_port()?);
             let control = free_port()?;
+            let list = if id <= 3 { "members" } else { "spares" };
             members.push_str(&format!(
-                "[[cluster.members]]\nid = {id}\nhttp-addr = \"127.0.0.1:{http}\"\n\
+                "[[cluster.{list}]]\nid = {id}\nhttp-addr = \"127.0.0.1:{http}\"\n\
                  native-addr = \"127.0.0.1:{native}\"\nraft-addr = \"127.0.0.1:{raft}\"\n\
                  control-addr = \"127.0.0.1:{control}\"\n"
             ));
@@ -59,7 +62,7 @@ impl LocalCluster {
         let mut cluster = Self {
             dir,
             config,
-            children: vec![None, None, None],
+            children: vec![None, None, None, None],
             natives,
             https,
         };
@@ -71,6 +74,16 @@ impl LocalCluster {
 
     /// Starts node `id` (again).
     pub fn start(&mut self, id: usize) -> anyhow::Result<()> {
+        self.start_with(id, &[])
+    }
+
+    /// Starts spare node `id`, joining the cluster through node 1.
+    pub fn join(&mut self, id: usize) -> anyhow::Result<()> {
+        let through = self.https[0].trim_start_matches("http://").to_owned();
+        self.start_with(id, &["--join", &through])
+    }
+
+    fn start_with(&mut self, id: usize, more: &[&str]) -> anyhow::Result<()> {
         let exe = std::env::current_exe()?.with_file_name("troupe-node");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -79,6 +92,7 @@ impl LocalCluster {
         let mut child = Command::new(&exe)
             .args(["--config", self.config.to_str().unwrap_or_default()])
             .args(["--node-id", &id.to_string()])
+            .args(more)
             .env("RUST_LOG", "warn,troupe_cluster=info")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -143,7 +157,7 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for id in 1..=3 {
+        for id in 1..=4 {
             self.kill(id);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -262,5 +276,173 @@ async fn store_waiting(cluster: &LocalCluster, count: u64) -> anyhow::Result<ser
         "errors": tally.errors,
         "seconds": secs,
         "per_second": tally.started as f64 / secs,
+    }))
+}
+
+/// An operator's change of the cluster, measured under load.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Operation {
+    /// Node 4 joins the three and takes its share of replicas and leaders.
+    Join,
+    /// With node 4 joined beforehand, node 2 is drained and removed.
+    Drain,
+}
+
+impl LocalCluster {
+    /// `GET /v1/cluster` on node `id`.
+    async fn status(&self, id: usize) -> Option<serde_json::Value> {
+        let response = reqwest::get(format!("{}/v1/cluster", self.https[id - 1]))
+            .await
+            .ok()?;
+        response.json().await.ok()
+    }
+
+    /// Waits until node `id`'s view shows every shard led, nothing moving,
+    /// and `done` true of the view.
+    async fn settled(
+        &self,
+        id: usize,
+        limit: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(view) = self.status(id).await {
+                let led = view["shards"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().all(|s| s["leader"].is_u64()));
+                let still = view["moves_in_progress"]
+                    .as_array()
+                    .is_none_or(|m| !m.is_empty());
+                if led && !still && done(&view) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the cluster did not settle in {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Node `id` in a status view.
+fn node_view(view: &serde_json::Value, id: u64) -> serde_json::Value {
+    view["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["id"] == id)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Open-loop `noop` load at `rate` through nodes 1 and 3: `before` of it
+/// measured alone, then `during` of it while `operation` runs. Reports
+/// failed requests, the p99 before and during, and how long the
+/// operation took.
+pub async fn operate(
+    operation: Operation,
+    rate: f64,
+    before: Duration,
+    during: Duration,
+    shards: u32,
+) -> anyhow::Result<serde_json::Value> {
+    let mut cluster = LocalCluster::spawn(shards)?;
+    cluster.leaders().await?;
+    let settle = Duration::from_secs(300);
+    if matches!(operation, Operation::Drain) {
+        cluster.join(4)?;
+        cluster
+            .settled(1, settle, |v| {
+                node_view(v, 4)["replicas"].as_u64() > Some(0)
+            })
+            .await?;
+    }
+    let scenario = Scenario::Noop;
+    let mut clients = Vec::new();
+    for id in [1, 3] {
+        for _ in 0..2 {
+            clients.push(Client::connect(cluster.natives[id - 1].clone()).await?);
+        }
+    }
+    clients[0].deploy(&scenario.definition()).await?;
+    let mode = Mode::Open(rate);
+    let prefix = format!("operate-{}", std::process::id());
+    let measure = |duration, prefix| Plan {
+        scenario,
+        mode: &mode,
+        warmup: Duration::ZERO,
+        duration,
+        count: None,
+        prefix,
+    };
+    let quiet_prefix = format!("{prefix}-before");
+    eprintln!("  load alone for {before:?}");
+    let quiet = load::run(
+        &clients,
+        measure(before, &quiet_prefix),
+        std::sync::Arc::new(|| None),
+    )
+    .await;
+    eprintln!("\n  {operation:?} under load");
+    let began = Instant::now();
+    let change = async {
+        match operation {
+            Operation::Join => {
+                cluster.join(4)?;
+                cluster
+                    .settled(1, settle, |v| {
+                        let n = node_view(v, 4);
+                        n["state"] == "active" && n["leads"].as_u64() > Some(0)
+                    })
+                    .await?;
+            }
+            Operation::Drain => {
+                let http = reqwest::Client::new();
+                let drain = format!("{}/v1/cluster/nodes/2/drain", cluster.https[0]);
+                http.post(&drain)
+                    .body("{}")
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                cluster
+                    .settled(1, settle, |v| node_view(v, 2)["replicas"] == 0)
+                    .await?;
+                let remove = format!("{}/v1/cluster/nodes/2/remove", cluster.https[0]);
+                http.post(&remove)
+                    .body("{}")
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+        }
+        anyhow::Ok(began.elapsed())
+    };
+    let busy_prefix = format!("{prefix}-during");
+    let (took, busy) = tokio::join!(
+        change,
+        load::run(
+            &clients,
+            measure(during, &busy_prefix),
+            std::sync::Arc::new(|| None)
+        )
+    );
+    eprintln!();
+    let took = took?;
+    let p99 = |t: &load::Tally| t.latency.value_at_quantile(0.99) as f64 / 1000.0;
+    let failed = |t: &load::Tally| t.errors.values().sum::<u64>();
+    Ok(serde_json::json!({
+        "scenario": format!("{operation:?}").to_lowercase(),
+        "rate": rate,
+        "shards": shards,
+        "operation_seconds": took.as_secs_f64(),
+        "failed_requests": failed(&quiet) + failed(&busy),
+        "errors": {"before": quiet.errors, "during": busy.errors},
+        "started": quiet.started + busy.started,
+        "completed": quiet.ended_ok + busy.ended_ok,
+        "p99_before_ms": p99(&quiet),
+        "p99_during_ms": p99(&busy),
+        "max_during_ms": busy.latency.max() as f64 / 1000.0,
     }))
 }

@@ -152,6 +152,27 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         waiting: u64,
     },
+    /// Starts a local three-node cluster and offers open-loop `noop` load
+    /// while an operator changes it (a node joins; a node is drained and
+    /// removed): failed requests, the p99 before and during, how long it
+    /// took.
+    Operate {
+        /// The change.
+        #[arg(long, value_enum)]
+        operation: cluster::Operation,
+        /// Starts per second.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// Load measured before the change.
+        #[arg(long, default_value = "20s", value_parser = humantime_duration)]
+        before: Duration,
+        /// Load measured while the change runs (it must end inside).
+        #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+        during: Duration,
+        /// Shards.
+        #[arg(long, default_value_t = 16)]
+        shards: u32,
+    },
     /// A long closed-loop noop run; writes throughput and memory per window
     /// to docs/benchmarks.md.
     Soak {
@@ -246,6 +267,16 @@ async fn main() -> anyhow::Result<()> {
             waiting,
         } => {
             let result = cluster::failover(rate, before, after, shards, waiting).await?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+        }
+        Cmd::Operate {
+            operation,
+            rate,
+            before,
+            during,
+            shards,
+        } => {
+            let result = cluster::operate(operation, rate, before, during, shards).await?;
             println!("{}", serde_json::to_string_pretty(&result)?);
         }
     }

@@ -160,8 +160,27 @@ enum Command {
         #[command(subcommand)]
         action: Option<HumanAction>,
     },
-    /// Show the cluster's nodes.
-    Cluster,
+    /// Show the cluster's nodes and shards, or change its membership.
+    Cluster {
+        #[command(subcommand)]
+        action: Option<ClusterAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Nodes, shards, and moves in progress (the default).
+    Status,
+    /// Move every replica and leadership off a node (it keeps serving).
+    Drain {
+        /// Node id.
+        node: u64,
+    },
+    /// Remove a drained node, or one that is down for good.
+    Remove {
+        /// Node id.
+        node: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -270,7 +289,11 @@ async fn run_remote(node: remote::Remote, command: Command) -> anyhow::Result<()
             }
             None => node.human_tasks(assignee, None).await,
         },
-        Command::Cluster => node.cluster().await,
+        Command::Cluster { action } => match action {
+            None | Some(ClusterAction::Status) => node.cluster().await,
+            Some(ClusterAction::Drain { node: id }) => node.change_membership(id, "drain").await,
+            Some(ClusterAction::Remove { node: id }) => node.change_membership(id, "remove").await,
+        },
         Command::Validate { .. } | Command::Simulate { .. } => {
             unreachable!("offline commands are handled in main")
         }

@@ -411,11 +411,15 @@ impl Remote {
                         text(state),
                         text(&n["http_addr"]),
                         text(&n["native_addr"]),
+                        text(&n["replicas"]),
                         text(&n["leads"]),
                     ]
                 })
                 .collect();
-            table(&["NODE", "STATE", "HTTP", "NATIVE", "LEADS"], &rows);
+            table(
+                &["NODE", "STATE", "HTTP", "NATIVE", "REPLICAS", "LEADS"],
+                &rows,
+            );
             let shards: Vec<Vec<String>> = v["shards"]
                 .as_array()
                 .into_iter()
@@ -439,6 +443,27 @@ impl Remote {
                 println!();
                 table(&["SHARD", "LEADER", "REPLICAS", "TERM"], &shards);
             }
+            let moves: Vec<Vec<String>> = v["moves_in_progress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    let nodes = |v: &Value| -> String {
+                        let ids: Vec<String> = v
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|n| n.to_string())
+                            .collect();
+                        ids.join(",")
+                    };
+                    vec![m["shard"].to_string(), nodes(&m["from"]), nodes(&m["to"])]
+                })
+                .collect();
+            if !moves.is_empty() {
+                println!();
+                table(&["MOVING SHARD", "REPLICAS NOW", "PLACED ON"], &moves);
+            }
             if !v["epoch"].is_null() {
                 println!(
                     "\ncluster map epoch {}; metadata group led by node {} (term {})",
@@ -447,6 +472,24 @@ impl Remote {
                     v["metadata"]["term"]
                 );
             }
+        });
+        Ok(())
+    }
+}
+
+impl Remote {
+    /// Drains or removes node `node` (`action`).
+    pub async fn change_membership(&self, node: u64, action: &str) -> anyhow::Result<()> {
+        let path = format!("/v1/cluster/nodes/{node}/{action}");
+        let v = self
+            .call(reqwest::Method::POST, &path, Some("{}".into()))
+            .await?;
+        self.print(&v, |v| {
+            println!(
+                "node {node}: {action} accepted; cluster map epoch {}",
+                v["epoch"]
+            );
+            println!("follow it with `troupe cluster status`");
         });
         Ok(())
     }

@@ -2,10 +2,11 @@
 //! transport, proposals, and the leadership events that activate shards.
 
 use crate::log_store::LogStore;
+use crate::membership::{follow_map, stored_member};
 use crate::network::Network;
 use crate::state_machine::MetaChange;
 use crate::state_machine::ShardMachine;
-use crate::transport::{Identity, LinkFilter, Transport};
+use crate::transport::{GroupView, Identity, LinkFilter, Transport};
 use crate::types::{GroupId, NodeId, Raft, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
 use openraft::impls::{BasicNode, ProgressResponder};
@@ -17,7 +18,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
-use troupe_storage::{ClusterMap, META_GROUP, ShardBatch, Store, WalSyncer};
+use troupe_storage::{
+    ClusterMap, META_GROUP, MemberRecord, MemberState, ShardBatch, Store, WalSyncer,
+};
 
 /// How the cluster is laid out and timed.
 #[derive(Debug, Clone)]
@@ -40,12 +43,19 @@ pub struct ClusterConfig {
     pub sync: bool,
     /// The cluster's shared cookie: peers presenting another are refused.
     pub cookie: Option<String>,
+    /// Every first member's addresses, for the first cluster map.
+    pub records: Vec<MemberRecord>,
+    /// This node joins a running cluster: it forms no group and waits to
+    /// be added to them.
+    pub join: Option<MemberRecord>,
+    /// Most shards whose replicas move at once.
+    pub max_moving: usize,
 }
 
 impl ClusterConfig {
-    /// The nodes holding `shard`'s replicas: `replication_factor` members
-    /// in id order, starting at the shard's position (spreads leaders).
-    /// The metadata group is on every member.
+    /// The first placement of `shard`'s replicas: `replication_factor`
+    /// members in id order, starting at the shard's position (spreads
+    /// leaders). The metadata group is on every member.
     pub fn replicas(&self, shard: GroupId) -> Vec<NodeId> {
         let ids: Vec<NodeId> = self.members.keys().copied().collect();
         if shard == META_GROUP {
@@ -102,10 +112,11 @@ pub enum ProposeError {
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One shard's group on this node.
-struct Group {
-    raft: Raft,
+#[derive(Clone)]
+pub(crate) struct Group {
+    pub(crate) raft: Raft,
     /// The leader id of the term this node leads in, once its state is complete.
-    leading: Arc<RwLock<Option<LeaderId>>>,
+    pub(crate) leading: Arc<RwLock<Option<LeaderId>>>,
     /// Queue of the shard's proposer.
     proposals: mpsc::UnboundedSender<Proposal>,
 }
@@ -130,6 +141,10 @@ pub struct ShardStatus {
     pub leader: Option<NodeId>,
     /// Voting replicas.
     pub replicas: Vec<NodeId>,
+    /// Where the cluster map places the replicas (preferred leader first).
+    pub placement: Vec<NodeId>,
+    /// Learners catching up to join the voters.
+    pub learners: Vec<NodeId>,
     /// Current term as this node sees it.
     pub term: u64,
     /// Last log index applied here.
@@ -140,12 +155,22 @@ pub struct ShardStatus {
 
 /// The Raft groups of this node.
 pub struct Cluster {
-    config: ClusterConfig,
-    store: Store,
+    pub(crate) config: ClusterConfig,
+    pub(crate) store: Store,
     /// What the metadata group applies, until the node takes it.
     meta_changes: std::sync::Mutex<Option<mpsc::UnboundedReceiver<MetaChange>>>,
-    transport: Arc<Transport>,
-    groups: HashMap<GroupId, Group>,
+    pub(crate) transport: Arc<Transport>,
+    groups: RwLock<HashMap<GroupId, Group>>,
+    syncer: WalSyncer,
+    /// Where leadership changes go.
+    events: mpsc::UnboundedSender<Leadership>,
+    /// The metadata group's changes, for the node.
+    changes: mpsc::UnboundedSender<MetaChange>,
+    /// Held by a change of the cluster map made here (one at a time).
+    pub(crate) map_changes: tokio::sync::Mutex<()>,
+    /// Shards this node holds no replica of, as their leaders last
+    /// described them.
+    pub(crate) elsewhere: RwLock<HashMap<GroupId, GroupView>>,
     /// Raft and the transport run here, apart from the actors, so that
     /// actor load cannot starve heartbeats into elections.
     runtime: std::sync::Mutex<Option<tokio::runtime::Runtime>>,
@@ -169,14 +194,25 @@ impl Cluster {
                 .build()?,
         ));
         let runtime = owned.0.as_ref().expect("runtime").handle().clone();
-        let peers: HashMap<NodeId, SocketAddr> = config
+        let stored_map = store.cluster_map().map_err(std::io::Error::other)?;
+        let mut peers: HashMap<NodeId, SocketAddr> = config
             .members
             .iter()
             .filter(|(id, _)| **id != config.node_id)
             .map(|(id, addr)| (*id, *addr))
             .collect();
+        for member in stored_map.iter().flat_map(|m| &m.members) {
+            if let (true, Ok(addr)) = (member.id != config.node_id, member.raft_addr.parse()) {
+                peers.insert(member.id, addr);
+            }
+        }
         let identity = Identity::new(store.clone(), config.cookie.as_deref())?;
         let transport = Transport::new(config.node_id, identity, peers, filter);
+        if let Some(map) = &stored_map {
+            for removed in map.in_state(MemberState::Removed) {
+                transport.remove_peer(removed);
+            }
+        }
         let listener = runtime
             .spawn(async move { tokio::net::TcpListener::bind(listen).await })
             .await
@@ -191,66 +227,163 @@ impl Cluster {
         let syncer = WalSyncer::start(store.clone(), config.sync);
         let (events, leadership) = mpsc::unbounded_channel();
         let (changes, meta_changes) = mpsc::unbounded_channel();
-        let mut groups = HashMap::new();
-        for shard in (0..config.shards).chain([META_GROUP]) {
-            let replicas = config.replicas(shard);
-            if !replicas.contains(&config.node_id) {
-                continue;
+        let me = config.node_id;
+        // The groups to run: the shards the stored map places here (and
+        // any this node is still a member of while a move finishes), or on
+        // a first start the first placement; a joining node only the
+        // metadata group until it is placed.
+        let mut shards: Vec<GroupId> = match (&stored_map, &config.join) {
+            (Some(map), _) => map.shards_on(me),
+            (None, Some(_)) => Vec::new(),
+            (None, None) => (0..config.shards)
+                .filter(|s| config.replicas(*s).contains(&me))
+                .collect(),
+        };
+        for shard in 0..config.shards {
+            if !shards.contains(&shard) && stored_member(&store, shard, me) {
+                shards.push(shard);
             }
-            let machine = if shard == META_GROUP {
-                ShardMachine::meta(store.clone(), changes.clone())
-            } else {
-                ShardMachine::new(store.clone(), shard)
-            };
-            let raft = runtime
-                .spawn(new_group(
-                    config.clone(),
-                    shard,
-                    store.clone(),
-                    syncer.clone(),
-                    transport.clone(),
-                    machine,
-                ))
-                .await
-                .map_err(std::io::Error::other)??;
-            transport.serve_group(shard, raft.clone());
-            let leading = Arc::new(RwLock::new(None));
-            let (proposals, queue) = mpsc::unbounded_channel();
-            runtime.spawn(run_proposer(shard, raft.clone(), leading.clone(), queue));
-            groups.insert(
-                shard,
-                Group {
-                    raft,
-                    leading,
-                    proposals,
-                },
-            );
         }
+        let form = stored_map.is_none() && config.join.is_none();
         let cluster = Arc::new(Self {
             config,
             store,
             meta_changes: std::sync::Mutex::new(Some(meta_changes)),
             transport,
-            groups,
+            groups: RwLock::default(),
+            syncer,
+            events,
+            changes,
+            map_changes: tokio::sync::Mutex::default(),
+            elsewhere: RwLock::default(),
             handle: runtime,
             runtime: std::sync::Mutex::new(owned.0.take()),
         });
-        for (&shard, group) in &cluster.groups {
-            let lease = Duration::from_millis(cluster.config.election_timeout_ms.0);
-            let watch = watch_leadership(
-                Arc::downgrade(&cluster),
-                shard,
-                group.raft.clone(),
-                lease,
-                events.clone(),
-            );
-            cluster.runtime().spawn(watch);
+        for shard in shards.into_iter().chain([META_GROUP]) {
+            let first = cluster.config.replicas(shard).first() == Some(&me);
+            cluster.add_group(shard, form && first).await?;
         }
+        cluster
+            .runtime()
+            .spawn(follow_map(Arc::downgrade(&cluster)));
         Ok((cluster, leadership))
     }
 
-    fn runtime(&self) -> &tokio::runtime::Handle {
+    /// Starts this node's replica of `shard`; `form` makes it the group's
+    /// first member (cluster formation only; otherwise its leader adds it).
+    pub(crate) async fn add_group(
+        self: &Arc<Self>,
+        shard: GroupId,
+        form: bool,
+    ) -> std::io::Result<()> {
+        if self.holds(shard) {
+            return Ok(());
+        }
+        let machine = if shard == META_GROUP {
+            ShardMachine::meta(self.store.clone(), self.changes.clone())
+        } else {
+            ShardMachine::new(self.store.clone(), shard)
+        };
+        let raft = self
+            .runtime()
+            .spawn(new_group(
+                self.config.clone(),
+                shard,
+                self.store.clone(),
+                self.syncer.clone(),
+                self.transport.clone(),
+                machine,
+                form,
+            ))
+            .await
+            .map_err(std::io::Error::other)??;
+        self.transport.serve_group(shard, raft.clone());
+        let leading = Arc::new(RwLock::new(None));
+        let (proposals, queue) = mpsc::unbounded_channel();
+        self.runtime()
+            .spawn(run_proposer(shard, raft.clone(), leading.clone(), queue));
+        self.groups.write().expect("groups lock").insert(
+            shard,
+            Group {
+                raft: raft.clone(),
+                leading,
+                proposals,
+            },
+        );
+        let lease = Duration::from_millis(self.config.election_timeout_ms.0);
+        self.runtime().spawn(watch_leadership(
+            Arc::downgrade(self),
+            shard,
+            raft,
+            lease,
+            self.events.clone(),
+        ));
+        tracing::info!(
+            shard_id = shard,
+            node = self.config.node_id,
+            form,
+            "replica started"
+        );
+        Ok(())
+    }
+
+    /// Stops this node's replica of `shard` and deletes its data, log and
+    /// state: the group's leader removed it.
+    pub(crate) async fn drop_group(&self, shard: GroupId) {
+        let Some(group) = self.groups.write().expect("groups lock").remove(&shard) else {
+            return;
+        };
+        self.transport.forget_group(shard);
+        if group
+            .leading
+            .write()
+            .expect("leading lock")
+            .take()
+            .is_some()
+        {
+            let _ = self.events.send(Leadership::Lost { shard });
+        }
+        let _ = group.raft.shutdown().await;
+        let store = self.store.clone();
+        let forgotten = tokio::task::spawn_blocking(move || store.forget_group(shard)).await;
+        if let Ok(Err(e)) = forgotten {
+            tracing::error!(shard_id = shard, error = %e, "deleting a dropped replica failed");
+        }
+        tracing::info!(
+            shard_id = shard,
+            node = self.config.node_id,
+            "replica dropped"
+        );
+    }
+
+    /// Every group on this node with its Raft handle.
+    pub(crate) fn groups_here(&self) -> Vec<(GroupId, Raft)> {
+        self.groups
+            .read()
+            .expect("groups lock")
+            .iter()
+            .map(|(shard, g)| (*shard, g.raft.clone()))
+            .collect()
+    }
+
+    pub(crate) fn group(&self, shard: GroupId) -> Option<Group> {
+        self.groups
+            .read()
+            .expect("groups lock")
+            .get(&shard)
+            .cloned()
+    }
+
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
         &self.handle
+    }
+
+    /// Runs `work` on the replication runtime and waits for it.
+    pub async fn on_runtime<T: Send + 'static>(
+        self: Arc<Self>,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        self.runtime().spawn(work).await.ok()
     }
 
     /// Starts the control plane on the replication runtime (apart from the
@@ -284,7 +417,7 @@ impl Cluster {
     /// Waits until `group` has applied entry `index` here; false after
     /// `timeout`.
     pub async fn wait_applied(&self, group: GroupId, index: u64, timeout: Duration) -> bool {
-        let Some(g) = self.groups.get(&group) else {
+        let Some(g) = self.group(group) else {
             return false;
         };
         let mut metrics = g.raft.metrics();
@@ -312,7 +445,7 @@ impl Cluster {
             shard,
             leader: self.leader_of(shard),
         };
-        let Some(group) = self.groups.get(&shard) else {
+        let Some(group) = self.group(shard) else {
             return Err(not_leader());
         };
         if group.leading.read().expect("leading lock").is_none() {
@@ -336,11 +469,56 @@ impl Cluster {
             )
     }
 
-    /// The leader of `shard` as this node knows it.
-    pub fn leader_of(&self, shard: GroupId) -> Option<NodeId> {
+    /// `shard`'s replicas as the cluster map places them (the first
+    /// placement before there is a map).
+    pub fn placement(&self, shard: GroupId) -> Vec<NodeId> {
+        match self.cluster_map() {
+            Some(map) if shard == META_GROUP => map
+                .members
+                .iter()
+                .filter(|m| m.state != MemberState::Removed)
+                .map(|m| m.id)
+                .collect(),
+            Some(map) => map
+                .placement
+                .get(shard as usize)
+                .cloned()
+                .unwrap_or_default(),
+            None => self.config.replicas(shard),
+        }
+    }
+
+    /// The view of `shard`'s group from the first of `nodes` that answers
+    /// (this node's own when it holds one and is among them).
+    pub async fn group_view(&self, shard: GroupId, nodes: &[NodeId]) -> Option<GroupView> {
+        for node in nodes {
+            if let Ok(view) = self.transport.group_view(*node, shard).await {
+                return Some(view);
+            }
+        }
+        None
+    }
+
+    /// Whether this node holds a replica of `group`.
+    pub fn holds(&self, group: GroupId) -> bool {
         self.groups
-            .get(&shard)
-            .and_then(|g| g.raft.metrics().borrow_watched().current_leader)
+            .read()
+            .expect("groups lock")
+            .contains_key(&group)
+    }
+
+    /// The leader of `shard` as this node knows it: its replica's view,
+    /// or for a shard not held here the leader its replicas named last.
+    pub fn leader_of(&self, shard: GroupId) -> Option<NodeId> {
+        match self.group(shard) {
+            Some(g) => g.raft.metrics().borrow_watched().current_leader,
+            None => self
+                .elsewhere
+                .read()
+                .expect("elsewhere lock")
+                .get(&shard)
+                .and_then(|view| view.leader),
+        }
     }
 
     /// Every shard's replication state as this node sees it.
@@ -356,12 +534,22 @@ impl Cluster {
     }
 
     fn group_status(&self, shard: GroupId) -> ShardStatus {
-        let replicas = self.config.replicas(shard);
-        let Some(group) = self.groups.get(&shard) else {
+        let replicas = self.placement(shard);
+        let Some(group) = self.group(shard) else {
+            let view = self
+                .elsewhere
+                .read()
+                .expect("elsewhere lock")
+                .get(&shard)
+                .cloned();
             return ShardStatus {
                 id: shard,
-                leader: None,
-                replicas,
+                leader: view.as_ref().and_then(|v| v.leader),
+                replicas: view
+                    .as_ref()
+                    .map_or_else(|| replicas.clone(), |v| v.voters.clone()),
+                learners: view.map(|v| v.learners).unwrap_or_default(),
+                placement: replicas,
                 term: 0,
                 applied: None,
                 role: "none".into(),
@@ -372,7 +560,13 @@ impl Cluster {
         ShardStatus {
             id: shard,
             leader: m.current_leader,
-            replicas: if voters.is_empty() { replicas } else { voters },
+            learners: m.membership_config.membership().learner_ids().collect(),
+            replicas: if voters.is_empty() {
+                replicas.clone()
+            } else {
+                voters
+            },
+            placement: replicas,
             term: m.current_term,
             applied: m.last_applied.map(|l| l.index()),
             role: format!("{:?}", m.state).to_lowercase(),
@@ -382,7 +576,14 @@ impl Cluster {
     /// Stops every group and the Raft runtime, so that nothing holds the
     /// store any more (their state stays on disk).
     pub async fn shutdown(&self) {
-        for group in self.groups.values() {
+        let groups: Vec<Group> = self
+            .groups
+            .read()
+            .expect("groups lock")
+            .values()
+            .cloned()
+            .collect();
+        for group in groups {
             let raft = group.raft.clone();
             let _ = self
                 .runtime()
@@ -426,6 +627,7 @@ async fn new_group(
     syncer: WalSyncer,
     transport: Arc<Transport>,
     machine: ShardMachine,
+    form: bool,
 ) -> std::io::Result<Raft> {
     let raft_config = Config {
         cluster_name: "troupe".into(),
@@ -458,9 +660,7 @@ async fn new_group(
     // from the first leader. (Forming it on every replica makes each one
     // start an election at once, and a late one unseats the first leader.)
     let replicas = config.replicas(shard);
-    if replicas.first() == Some(&config.node_id)
-        && !raft.is_initialized().await.map_err(std::io::Error::other)?
-    {
+    if form && !raft.is_initialized().await.map_err(std::io::Error::other)? {
         let members: BTreeMap<NodeId, BasicNode> = replicas
             .into_iter()
             .map(|id| (id, BasicNode::new(config.members[&id].to_string())))
@@ -558,9 +758,10 @@ async fn write_first_map(cluster: Arc<Cluster>) {
     let config = &cluster.config;
     let map = ClusterMap {
         epoch: 1,
-        members: config.members.keys().copied().collect(),
+        members: config.records.clone(),
         shards: config.shards,
         replication_factor: config.replication_factor as u32,
+        placement: (0..config.shards).map(|s| config.replicas(s)).collect(),
     };
     if let Err(e) = cluster.propose(ShardBatch::cluster_map(&map)).await {
         tracing::warn!(error = %e, "writing the first cluster map failed; the next leader retries");
@@ -612,7 +813,7 @@ async fn watch_leadership(
             let Some(cluster) = cluster.upgrade() else {
                 return;
             };
-            let Some(group) = cluster.groups.get(&shard) else {
+            let Some(group) = cluster.group(shard) else {
                 return;
             };
             if led.is_some() {
@@ -668,6 +869,9 @@ mod tests {
             snapshot_after: 100,
             sync: false,
             cookie: None,
+            records: Vec::new(),
+            join: None,
+            max_moving: 2,
         }
     }
 

@@ -140,6 +140,8 @@ pub struct Control {
     config: ControlConfig,
     server: ActorRef<NodeServerMessage>,
     directory: ActorRef<DirectoryMsg>,
+    /// Every member's control address (the cluster map changes them).
+    members: Mutex<BTreeMap<NodeId, SocketAddr>>,
     /// When each member last answered a ping.
     answered: Mutex<HashMap<NodeId, Instant>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -173,6 +175,7 @@ impl Control {
             .await
             .map_err(std::io::Error::other)?;
         let control = Arc::new(Self {
+            members: Mutex::new(config.members.clone()),
             config,
             server,
             directory,
@@ -199,6 +202,15 @@ impl Control {
             Some(at) if at.elapsed() < self.config.down_after => MemberState::Up,
             _ => MemberState::Down,
         }
+    }
+
+    /// Replaces the members pinged and dialed (members joined or removed).
+    pub fn set_members(&self, members: BTreeMap<NodeId, SocketAddr>) {
+        *self.members.lock().expect("members lock") = members;
+    }
+
+    fn members(&self) -> BTreeMap<NodeId, SocketAddr> {
+        self.members.lock().expect("members lock").clone()
     }
 
     /// Stops the node server (every link) and the background tasks.
@@ -278,7 +290,7 @@ async fn detect_failures(control: std::sync::Weak<Control>) {
         }
         let me = control.config.node_id;
         let mut down = Vec::new();
-        for &member in control.config.members.keys().filter(|m| **m != me) {
+        for member in control.members().into_keys().filter(|m| *m != me) {
             let state = control.state(member);
             let was = states.insert(member, state);
             if was != Some(state) && (was.is_some() || state == MemberState::Up) {
@@ -322,7 +334,7 @@ async fn dial(control: std::sync::Weak<Control>) {
         };
         let links = control.links().await;
         let me = control.config.node_id;
-        for (&member, &addr) in &control.config.members {
+        for (member, addr) in control.members() {
             if member == me || links.contains_key(&member) {
                 continue;
             }

@@ -16,6 +16,11 @@
 //!   map with its epoch.
 //! - One TCP connection per node pair carries every group's messages
 //!   ([`transport`]), with a [`LinkFilter`] for partition tests.
+//! - Membership ([`placement`], and the metadata leader's map changes):
+//!   members join, drain and are removed through the cluster map; shard
+//!   leaders move their groups' replicas where the map places them
+//!   (learner, catch-up, joint consensus) and hand leadership to the
+//!   preferred replica.
 //! - [`control::Control`]: the control plane on `ractor_cluster` (cookie
 //!   authentication, a directory process group, a failure detector and
 //!   reconnection).
@@ -23,8 +28,10 @@
 mod cluster;
 pub mod control;
 mod log_store;
+mod membership;
 pub mod metrics;
 mod network;
+pub mod placement;
 mod state_machine;
 pub mod transport;
 mod types;
@@ -32,6 +39,8 @@ mod types;
 pub use cluster::{Cluster, ClusterConfig, Leadership, ProposeError, ShardStatus};
 pub use control::{Control, ControlConfig, MemberState};
 pub use log_store::LogStore;
+pub use membership::ChangeError;
 pub use state_machine::{MetaChange, ShardMachine};
+pub use transport::GroupView;
 pub use transport::LinkFilter;
 pub use types::{GroupId, NodeId, TypeConfig};

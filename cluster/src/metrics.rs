@@ -16,3 +16,9 @@ pub const ENTRY_TRANSITIONS: &str = "troupe_raft_entry_transitions";
 pub const CONTROL_LINKS_TOTAL: &str = "troupe_cluster_control_links_total";
 /// Members seen going up or down by the failure detector, by `state`.
 pub const MEMBER_CHANGES_TOTAL: &str = "troupe_cluster_member_changes_total";
+/// Replica moves started here (a learner added to a group this node leads).
+pub const MOVES_STARTED_TOTAL: &str = "troupe_cluster_moves_started_total";
+/// Replica moves completed here (the group's voters changed).
+pub const MOVES_COMPLETED_TOTAL: &str = "troupe_cluster_moves_completed_total";
+/// Leadership transfers started here.
+pub const LEADER_TRANSFERS_TOTAL: &str = "troupe_cluster_leader_transfers_total";

@@ -25,6 +25,8 @@ pub enum MetaChange {
     Deployed(Vec<(String, u32)>),
     /// A snapshot replaced the metadata: reload it all.
     Installed,
+    /// The cluster map changed (applied here).
+    Map(troupe_storage::ClusterMap),
 }
 
 /// The state machine of one shard's group (or of the metadata group).
@@ -143,18 +145,26 @@ impl RaftStateMachine<TypeConfig> for ShardMachine {
         if let Some(membership) = &membership {
             state.push(("membership", codec::encode(membership)));
         }
-        let deployed: Vec<(String, u32)> = match &self.changes {
-            Some(_) => batches
-                .iter()
-                .flat_map(ShardBatch::deployed_definitions)
-                .collect(),
-            None => Vec::new(),
+        let (deployed, map): (Vec<(String, u32)>, _) = match &self.changes {
+            Some(_) => (
+                batches
+                    .iter()
+                    .flat_map(ShardBatch::deployed_definitions)
+                    .collect(),
+                batches.iter().rev().find_map(ShardBatch::written_map),
+            ),
+            None => (Vec::new(), None),
         };
         self.store
             .apply_replicated(self.shard, batches, state)
             .map_err(io::Error::other)?;
-        if let (Some(changes), false) = (&self.changes, deployed.is_empty()) {
-            let _ = changes.send(MetaChange::Deployed(deployed));
+        if let Some(changes) = &self.changes {
+            if !deployed.is_empty() {
+                let _ = changes.send(MetaChange::Deployed(deployed));
+            }
+            if let Some(map) = map {
+                let _ = changes.send(MetaChange::Map(map));
+            }
         }
         for responder in responders {
             responder.send(());

@@ -39,6 +39,40 @@ pub(crate) enum Rpc {
         data: Vec<u8>,
     },
     TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// Who leads the group and who is in it, as the peer sees it.
+    Membership,
+}
+
+/// A group's membership as one replica sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupView {
+    /// The leader the replica knows.
+    pub leader: Option<NodeId>,
+    /// Whether the replica is that leader.
+    pub leading: bool,
+    /// Voters (of both configs while a change is joint).
+    pub voters: Vec<NodeId>,
+    /// Learners.
+    pub learners: Vec<NodeId>,
+    /// A membership change is half done (joint consensus).
+    pub joint: bool,
+}
+
+impl GroupView {
+    /// The view of `raft`'s group here.
+    pub fn of(raft: &Raft) -> Self {
+        use openraft::async_runtime::WatchReceiver;
+        let metrics = raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        Self {
+            leader: metrics.current_leader,
+            leading: metrics.current_leader == Some(metrics.id)
+                && metrics.state == openraft::ServerState::Leader,
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            joint: membership.get_joint_config().len() > 1,
+        }
+    }
 }
 
 /// A peer group's answer.
@@ -48,6 +82,7 @@ pub(crate) enum Reply {
     Vote(VoteResponse<TypeConfig>),
     Snapshot(SnapshotResponse<TypeConfig>),
     TransferLeader(TransferLeaderResponse<TypeConfig>),
+    Membership(GroupView),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -206,6 +241,8 @@ pub struct Transport {
     identity: Identity,
     /// Peers refused (either way), with why.
     refused: RwLock<HashMap<NodeId, String>>,
+    /// Members removed from the cluster: refused for good.
+    removed: RwLock<HashSet<NodeId>>,
     peers: RwLock<HashMap<NodeId, SocketAddr>>,
     links: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Queued>>>,
     groups: RwLock<HashMap<GroupId, Raft>>,
@@ -228,6 +265,7 @@ impl Transport {
             me,
             identity,
             refused: RwLock::default(),
+            removed: RwLock::default(),
             peers: RwLock::new(peers),
             links: Mutex::default(),
             groups: RwLock::default(),
@@ -240,6 +278,54 @@ impl Transport {
     /// This node's id.
     pub fn me(&self) -> NodeId {
         self.me
+    }
+
+    /// Sets the Raft address of member `peer` (one that joined, or moved).
+    pub fn set_peer(&self, peer: NodeId, addr: SocketAddr) {
+        if peer == self.me {
+            return;
+        }
+        let known = self.peers.write().expect("peers lock").insert(peer, addr);
+        if known.is_some_and(|old| old != addr) {
+            self.links.lock().expect("links lock").remove(&peer);
+        }
+    }
+
+    /// Refuses member `peer` for good: it was removed from the cluster.
+    pub fn remove_peer(&self, peer: NodeId) {
+        if self.removed.write().expect("removed lock").insert(peer) {
+            tracing::info!(
+                node = self.me,
+                peer,
+                "member removed from the cluster: refused from now on"
+            );
+        }
+        self.links.lock().expect("links lock").remove(&peer);
+    }
+
+    fn is_removed(&self, peer: NodeId) -> bool {
+        self.removed.read().expect("removed lock").contains(&peer)
+    }
+
+    /// The view of `group` on node `to`.
+    pub async fn group_view(
+        self: &Arc<Self>,
+        to: NodeId,
+        group: GroupId,
+    ) -> Result<GroupView, SendError> {
+        if to == self.me {
+            let raft = self
+                .group(group)
+                .ok_or_else(|| SendError::Remote(to, format!("group {group} is not here")))?;
+            return Ok(GroupView::of(&raft));
+        }
+        match self
+            .call(to, group, Rpc::Membership, Duration::from_secs(1))
+            .await?
+        {
+            Reply::Membership(view) => Ok(view),
+            other => Err(SendError::Remote(to, format!("unexpected reply {other:?}"))),
+        }
     }
 
     /// Answers requests for `group` with `raft`.
@@ -276,6 +362,12 @@ impl Transport {
         }
         if let Some(reason) = self.refused.read().expect("refused lock").get(&to) {
             return Err(SendError::Unreachable(to, reason.clone()));
+        }
+        if self.is_removed(to) {
+            return Err(SendError::Unreachable(
+                to,
+                "removed from the cluster".into(),
+            ));
         }
         let (done, wait) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -498,6 +590,15 @@ async fn serve_connection(transport: Arc<Transport>, mut stream: TcpStream) {
                 let _ = write_frame(&mut stream, &Frame::Refused { reason }).await;
                 return;
             }
+            if transport.is_removed(from) {
+                let reason = format!(
+                    "node {from} was removed from the cluster; a removed node cannot come \
+                     back (start a new node with another id and join it)"
+                );
+                tracing::warn!(node = transport.me, peer = from, "removed member refused");
+                let _ = write_frame(&mut stream, &Frame::Refused { reason }).await;
+                return;
+            }
             if let Err(reason) = transport.identity.check(from, incarnation) {
                 transport.refuse(from, reason.clone());
                 let _ = write_frame(&mut stream, &Frame::Refused { reason }).await;
@@ -583,5 +684,6 @@ async fn handle(raft: &Raft, rpc: Rpc) -> Result<Reply, String> {
             .await
             .map(Reply::TransferLeader)
             .map_err(|e| e.to_string()),
+        Rpc::Membership => Ok(Reply::Membership(GroupView::of(raft))),
     }
 }

@@ -413,6 +413,11 @@ pub async fn history(
     Ok(view::history(&page, next))
 }
 
+/// The page size of an instance listing: 100 by default, at most 1000.
+pub fn list_limit(asked: Option<usize>) -> usize {
+    asked.unwrap_or(100).clamp(1, 1000)
+}
+
 /// Listing filters.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -427,13 +432,16 @@ pub struct ListQuery {
     pub cursor: Option<String>,
     /// `id` (default) or `newest` (most recently updated first).
     pub order: Option<String>,
+    /// Only these shards, comma-separated (a cluster node gathering a
+    /// listing asks each holder for its part).
+    pub shards: Option<String>,
 }
 
 /// Instances filtered by status and definition, in id order or (with
 /// `order=newest`) most recently updated first, one page at a time, read
 /// through the secondary indexes.
 pub async fn list(rt: &Runtime, query: ListQuery) -> Result<Json> {
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = list_limit(query.limit);
     let status = match query.status.as_deref() {
         None => None,
         Some(s) => Some(
@@ -458,6 +466,7 @@ pub async fn list(rt: &Runtime, query: ListQuery) -> Result<Json> {
         order,
         cursor: query.cursor,
         limit,
+        shards: parse_shards(query.shards.as_deref())?,
     };
     let page = blocking(rt, move |store| Ok(store.list(&query)?)).await?;
     let out: Vec<Json> = page.items.iter().map(view::summary).collect();
@@ -516,8 +525,35 @@ pub struct EventRequest {
     pub payload: Json,
 }
 
-/// Publishes an event: every instance awaiting `name` with this correlation resumes.
-pub async fn publish(rt: &Runtime, name: &str, request: EventRequest) -> Result<Json> {
+/// Shards as a `shards` parameter.
+pub fn shards_param(shards: Option<Vec<u32>>) -> Option<String> {
+    shards.map(|s| s.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+}
+
+/// A `shards` parameter: comma-separated shard numbers.
+pub fn parse_shards(text: Option<&str>) -> Result<Option<Vec<u32>>> {
+    let Some(text) = text else { return Ok(None) };
+    text.split(',')
+        .map(|s| {
+            s.trim().parse::<u32>().map_err(|_| {
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("shards must be comma-separated shard numbers, not {text:?}"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// Publishes an event: every instance awaiting `name` with this
+/// correlation in `shards` (all when `None`) resumes.
+pub async fn publish(
+    rt: &Runtime,
+    name: &str,
+    request: EventRequest,
+    shards: Option<Vec<u32>>,
+) -> Result<Json> {
     let (event_id, owned, correlation) = (
         request.id.clone(),
         name.to_owned(),
@@ -527,7 +563,11 @@ pub async fn publish(rt: &Runtime, name: &str, request: EventRequest) -> Result<
         if store.event_seen(&event_id)? {
             return Ok(None);
         }
-        Ok(Some(store.subscribers(&owned, correlation.as_deref())?))
+        Ok(Some(store.subscribers(
+            &owned,
+            correlation.as_deref(),
+            shards.as_deref(),
+        )?))
     })
     .await?;
     let Some(waiting) = waiting else {
@@ -552,19 +592,27 @@ pub async fn publish(rt: &Runtime, name: &str, request: EventRequest) -> Result<
 /// Most human tasks or incidents in one page, and the default.
 const SIDE_PAGE: (usize, usize) = (100, 1000);
 
+/// The page size of a human-task or incident listing.
+pub fn side_limit(asked: Option<usize>) -> usize {
+    asked.unwrap_or(SIDE_PAGE.0).clamp(1, SIDE_PAGE.1)
+}
+
 /// Open human tasks, optionally for one assignee, one page at a time.
 pub async fn human_tasks(
     rt: &Runtime,
     assignee: Option<&str>,
     cursor: Option<&str>,
     limit: Option<usize>,
+    shards: Option<Vec<u32>>,
 ) -> Result<Json> {
-    let limit = limit.unwrap_or(SIDE_PAGE.0).clamp(1, SIDE_PAGE.1);
+    let limit = side_limit(limit);
     let (assignee, cursor) = (assignee.map(str::to_owned), cursor.map(str::to_owned));
     let page = blocking(rt, move |store| {
-        Ok(store.human_tasks(cursor.as_deref(), limit, |t| {
-            assignee.as_deref().is_none_or(|a| a == t.assignee)
-        })?)
+        Ok(
+            store.human_tasks(cursor.as_deref(), limit, shards.as_deref(), |t| {
+                assignee.as_deref().is_none_or(|a| a == t.assignee)
+            })?,
+        )
     })
     .await?;
     let next = (page.len() == limit)
@@ -609,11 +657,16 @@ pub async fn complete_human_task(rt: &Runtime, task_id: &str, payload: Json) -> 
 }
 
 /// Open incidents, one page at a time.
-pub async fn incidents(rt: &Runtime, cursor: Option<&str>, limit: Option<usize>) -> Result<Json> {
-    let limit = limit.unwrap_or(SIDE_PAGE.0).clamp(1, SIDE_PAGE.1);
+pub async fn incidents(
+    rt: &Runtime,
+    cursor: Option<&str>,
+    limit: Option<usize>,
+    shards: Option<Vec<u32>>,
+) -> Result<Json> {
+    let limit = side_limit(limit);
     let cursor = cursor.map(str::to_owned);
     let page = blocking(rt, move |store| {
-        Ok(store.incidents(cursor.as_deref(), limit)?)
+        Ok(store.incidents(cursor.as_deref(), limit, shards.as_deref())?)
     })
     .await?;
     let next = (page.len() == limit)

@@ -13,11 +13,23 @@ use troupe_actors::{
 };
 use troupe_client::{Client, RetryPolicy};
 use troupe_cluster::{
-    Cluster, ClusterConfig, Control, ControlConfig, Leadership, LinkFilter, MemberState,
+    ChangeError, Cluster, ClusterConfig, Control, ControlConfig, Leadership, LinkFilter,
     MetaChange, ProposeError,
 };
 use troupe_protocol::{ErrorCode, Request, Response};
-use troupe_storage::{META_GROUP, ShardBatch, Store};
+use troupe_storage::{META_GROUP, MemberRecord, MemberState, ShardBatch, Store};
+
+/// A member's record in the cluster map, from its config entry.
+fn record(member: &crate::config::Member) -> MemberRecord {
+    MemberRecord {
+        id: member.id,
+        state: MemberState::Active,
+        raft_addr: member.raft_addr.to_string(),
+        http_addr: member.http_addr.to_string(),
+        native_addr: member.native_addr.to_string(),
+        control_addr: member.control_addr.map(|a| a.to_string()),
+    }
+}
 
 /// Starts this node's Raft groups and, when members have control
 /// addresses, its control plane.
@@ -31,9 +43,12 @@ pub async fn start(
     Option<Arc<Control>>,
     tokio::sync::mpsc::UnboundedReceiver<Leadership>,
 )> {
-    let me = section
-        .member(config.node_id)
-        .ok_or_else(|| anyhow::anyhow!("node {} is not a cluster member", config.node_id))?;
+    let me = section.described(config.node_id).ok_or_else(|| {
+        anyhow::anyhow!(
+            "node {} is not described in the cluster config",
+            config.node_id
+        )
+    })?;
     let cluster_config = ClusterConfig {
         node_id: config.node_id,
         members: section
@@ -51,6 +66,12 @@ pub async fn start(
         snapshot_after: section.snapshot_after_entries,
         sync: config.storage.sync,
         cookie: section.cookie.clone(),
+        records: section.members.iter().map(record).collect(),
+        join: config.join.as_ref().map(|_| MemberRecord {
+            state: MemberState::Joining,
+            ..record(me)
+        }),
+        max_moving: section.max_moving_shards,
     };
     let (cluster, leadership) = Cluster::start(store, cluster_config, me.raft_addr, links).await?;
     let control = match me.control_addr {
@@ -60,17 +81,73 @@ pub async fn start(
                 node_id: config.node_id,
                 listen,
                 cookie: section.cookie.clone().unwrap_or_default(),
-                members: section
-                    .members
-                    .iter()
-                    .filter_map(|m| Some((m.id, m.control_addr?)))
-                    .collect(),
+                members: control_members(&cluster, section),
                 down_after: 2 * section.election_timeout_max,
             };
             Some(cluster.start_control(control_config).await?)
         }
     };
     Ok((cluster, control, leadership))
+}
+
+/// The control addresses of the members, by the cluster map when there
+/// is one (removed members left out), else the config.
+fn control_members(
+    cluster: &Cluster,
+    section: &ClusterSection,
+) -> BTreeMap<u64, std::net::SocketAddr> {
+    match cluster.cluster_map() {
+        Some(map) => map
+            .members
+            .iter()
+            .filter(|m| m.state != MemberState::Removed)
+            .filter_map(|m| Some((m.id, m.control_addr.as_ref()?.parse().ok()?)))
+            .collect(),
+        None => section
+            .members
+            .iter()
+            .filter_map(|m| Some((m.id, m.control_addr?)))
+            .collect(),
+    }
+}
+
+/// Asks the cluster, through member `through` (its HTTP address), to admit
+/// this node, until it is admitted or refused for good.
+pub async fn join(through: String, record: MemberRecord) {
+    let http = reqwest::Client::new();
+    let url = format!("http://{through}/v1/cluster/join");
+    loop {
+        let answer = http
+            .post(&url)
+            .json(&json!({
+                "id": record.id,
+                "raft_addr": record.raft_addr,
+                "http_addr": record.http_addr,
+                "native_addr": record.native_addr,
+                "control_addr": record.control_addr,
+            }))
+            .timeout(std::time::Duration::from_secs(90))
+            .send()
+            .await;
+        match answer {
+            Ok(response) if response.status().is_success() => {
+                tracing::info!(node = record.id, through, "joined the cluster");
+                return;
+            }
+            Ok(response) if response.status().is_client_error() => {
+                let body = response.text().await.unwrap_or_default();
+                tracing::error!(node = record.id, through, %body, "the cluster refused this node");
+                return;
+            }
+            Ok(response) => {
+                tracing::info!(node = record.id, through, status = %response.status(), "join not done yet; retrying")
+            }
+            Err(e) => {
+                tracing::info!(node = record.id, through, error = %e, "join not sent; retrying")
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// Proposes a shard's transitions to its group.
@@ -163,9 +240,19 @@ impl Peers {
     /// detector where there is one, else by Raft traffic.
     pub fn is_up(&self, node: u64) -> bool {
         match &self.control {
-            Some(control) => control.state(node) == MemberState::Up,
+            Some(control) => control.state(node) == troupe_cluster::MemberState::Up,
             None => self.cluster.is_up(node),
         }
+    }
+
+    /// Hands the shards this node leads to other replicas (a node stopped
+    /// on purpose leaves no election behind).
+    pub async fn hand_off(&self) {
+        let cluster = self.cluster.clone();
+        let _ = cluster
+            .clone()
+            .on_runtime(async move { cluster.hand_off().await })
+            .await;
     }
 
     /// Stops the control plane and every Raft group.
@@ -174,6 +261,21 @@ impl Peers {
             control.shutdown();
         }
         self.cluster.shutdown().await;
+    }
+
+    /// A node's HTTP and native addresses: from the cluster map (members
+    /// that joined are there), else from the config.
+    fn addresses(&self, node: u64) -> Option<(String, String)> {
+        if let Some(member) = self
+            .cluster
+            .cluster_map()
+            .and_then(|m| m.member(node).cloned())
+        {
+            return Some((member.http_addr, member.native_addr));
+        }
+        self.section
+            .described(node)
+            .map(|m| (m.http_addr.to_string(), m.native_addr.to_string()))
     }
 
     /// The node leading `shard`, when it is another one.
@@ -185,10 +287,7 @@ impl Peers {
 
     /// The answer to a routed request for `shard`, which `leader` leads.
     pub fn not_leader(&self, shard: u32, leader: u64) -> ApiError {
-        let native_addr = self
-            .section
-            .member(leader)
-            .map(|m| m.native_addr.to_string());
+        let native_addr = self.addresses(leader).map(|(_, native)| native);
         ApiError::new(
             ErrorCode::NotLeader,
             format!(
@@ -209,10 +308,10 @@ impl Peers {
         if let Some(client) = clients.get(&node) {
             return Ok(client.clone());
         }
-        let member = self.section.member(node).ok_or_else(|| {
+        let (_, native_addr) = self.addresses(node).ok_or_else(|| {
             ApiError::new(ErrorCode::Unavailable, format!("node {node} is unknown"))
         })?;
-        let client = Client::connect(member.native_addr.to_string())
+        let client = Client::connect(native_addr)
             .await
             .map_err(|e| unreachable(node, e))?
             .without_routing()
@@ -235,6 +334,62 @@ impl Peers {
         })
     }
 
+    /// Which node answers for each shard in a request that spans them all:
+    /// this node for its own, else the shard's leader as last known, else a
+    /// replica that is up, else its first replica.
+    pub fn shard_holders(&self) -> Result<crate::gather::Holders, ApiError> {
+        let (mut mine, mut elsewhere) = (Vec::new(), BTreeMap::<u64, Vec<u32>>::new());
+        for shard in 0..self.cluster.config().shards {
+            if self.cluster.holds(shard) {
+                mine.push(shard);
+                continue;
+            }
+            let replicas = self.cluster.placement(shard);
+            let holder = self
+                .cluster
+                .leader_of(shard)
+                .filter(|leader| replicas.contains(leader))
+                .or_else(|| replicas.iter().copied().find(|node| self.is_up(*node)))
+                .or_else(|| replicas.first().copied())
+                .ok_or_else(|| crate::gather::no_replica(shard))?;
+            elsewhere.entry(holder).or_default().push(shard);
+        }
+        Ok((mine, elsewhere))
+    }
+
+    /// `GET path_and_query` on node `node`'s HTTP API, as JSON.
+    pub async fn get_json(&self, node: u64, path_and_query: &str) -> Result<Json, ApiError> {
+        let response = self
+            .proxy(
+                node,
+                reqwest::Method::GET,
+                path_and_query,
+                None,
+                Default::default(),
+            )
+            .await?;
+        json_answer(response).await
+    }
+
+    /// `POST path_and_query` with a JSON body on node `node`'s HTTP API.
+    pub async fn post_json(
+        &self,
+        node: u64,
+        path_and_query: &str,
+        body: &Json,
+    ) -> Result<Json, ApiError> {
+        let response = self
+            .proxy(
+                node,
+                reqwest::Method::POST,
+                path_and_query,
+                Some("application/json".into()),
+                body.to_string().into(),
+            )
+            .await?;
+        json_answer(response).await
+    }
+
     /// Proxies an HTTP request to node `node`'s HTTP API.
     pub async fn proxy(
         &self,
@@ -244,10 +399,10 @@ impl Peers {
         content_type: Option<String>,
         body: axum::body::Bytes,
     ) -> Result<axum::response::Response, ApiError> {
-        let member = self.section.member(node).ok_or_else(|| {
+        let (http_addr, _) = self.addresses(node).ok_or_else(|| {
             ApiError::new(ErrorCode::Unavailable, format!("node {node} is unknown"))
         })?;
-        let url = format!("http://{}{}", member.http_addr, path_and_query);
+        let url = format!("http://{http_addr}{path_and_query}");
         let mut request = self
             .http
             .request(method, url)
@@ -354,14 +509,13 @@ impl Peers {
     /// fails at once.)
     async fn await_members(&self, index: u64) {
         let waits = self
-            .section
-            .members
-            .iter()
-            .filter(|m| m.id != self.me)
-            .map(|m| async move {
-                let outcome = self.forward(m.id, Request::AwaitMeta { index }).await;
+            .member_ids()
+            .into_iter()
+            .filter(|id| *id != self.me)
+            .map(|id| async move {
+                let outcome = self.forward(id, Request::AwaitMeta { index }).await;
                 if let Err(e) = outcome {
-                    tracing::warn!(node = m.id, error = %e.message, "member has not applied a deploy yet");
+                    tracing::warn!(node = id, error = %e.message, "member has not applied a deploy yet");
                 }
             });
         futures_util::future::join_all(waits).await;
@@ -387,23 +541,46 @@ impl Peers {
     pub fn status(&self, runtime: &Runtime) -> Json {
         let shards = self.cluster.status();
         let mut leading: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut holding: BTreeMap<u64, usize> = BTreeMap::new();
         for shard in &shards {
             if let Some(leader) = shard.leader {
                 *leading.entry(leader).or_default() += 1;
             }
+            for node in &shard.placement {
+                *holding.entry(*node).or_default() += 1;
+            }
         }
-        let nodes: Vec<Json> = self
-            .section
-            .members
+        let moving: Vec<Json> = shards
+            .iter()
+            .filter(|s| {
+                let (mut voters, mut placed) = (s.replicas.clone(), s.placement.clone());
+                voters.sort_unstable();
+                placed.sort_unstable();
+                voters != placed || !s.learners.is_empty()
+            })
+            .map(|s| json!({"shard": s.id, "from": s.replicas, "to": s.placement, "learners": s.learners}))
+            .collect();
+        let members: Vec<MemberRecord> = match self.cluster.cluster_map() {
+            Some(map) => map.members,
+            None => self.section.members.iter().map(record).collect(),
+        };
+        let nodes: Vec<Json> = members
             .iter()
             .map(|m| {
+                let state = match m.state {
+                    MemberState::Removed => "removed",
+                    _ if !self.is_up(m.id) => "down",
+                    other => other.as_str(),
+                };
                 json!({
                     "id": m.id,
-                    "http_addr": m.http_addr.to_string(),
-                    "native_addr": m.native_addr.to_string(),
-                    "raft_addr": m.raft_addr.to_string(),
-                    "control_addr": m.control_addr.map(|a| a.to_string()),
-                    "state": if self.is_up(m.id) { "active" } else { "down" },
+                    "http_addr": m.http_addr,
+                    "native_addr": m.native_addr,
+                    "raft_addr": m.raft_addr,
+                    "control_addr": m.control_addr,
+                    "state": state,
+                    "membership": m.state.as_str(),
+                    "replicas": holding.get(&m.id).copied().unwrap_or(0),
                     "leads": leading.get(&m.id).copied().unwrap_or(0),
                     "this": m.id == self.me,
                 })
@@ -420,9 +597,136 @@ impl Peers {
             "replication_factor": self.section.replication_factor,
             "nodes": nodes,
             "shards": shards,
+            "moves_in_progress": moving,
             "active_here": active,
         })
     }
+
+    /// The ids of the members (the cluster map's, removed ones aside).
+    fn member_ids(&self) -> Vec<u64> {
+        match self.cluster.cluster_map() {
+            Some(map) => map
+                .members
+                .iter()
+                .filter(|m| m.state != MemberState::Removed)
+                .map(|m| m.id)
+                .collect(),
+            None => self.section.members.iter().map(|m| m.id).collect(),
+        }
+    }
+
+    /// Keeps the control plane's members in step with the cluster map.
+    pub fn follow_members(&self) {
+        if let Some(control) = &self.control {
+            control.set_members(control_members(&self.cluster, &self.section));
+        }
+    }
+
+    /// A change of membership (`join`, `drain`, `remove`), made on the
+    /// metadata group's leader: here, or proxied there.
+    pub async fn change(&self, path: &str, body: Json) -> Result<Json, ApiError> {
+        let deadline = tokio::time::Instant::now() + LEADER_CHANGE_WAIT;
+        loop {
+            let failure = match self.cluster.leader_of(META_GROUP) {
+                Some(leader) if leader == self.me => match self.change_here(path, &body).await {
+                    Err(e) if e.code == ErrorCode::Unavailable => e,
+                    done => return done,
+                },
+                Some(leader) => match self.post_json(leader, path, &body).await {
+                    Err(e) if e.code == ErrorCode::Unavailable => e,
+                    done => return done,
+                },
+                None => ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the cluster's metadata group has no leader; retry",
+                ),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(failure);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn change_here(&self, path: &str, body: &Json) -> Result<Json, ApiError> {
+        let invalid = |m: String| ApiError::new(ErrorCode::InvalidRequest, m);
+        let outcome = match path
+            .trim_start_matches("/v1/cluster/")
+            .split('/')
+            .collect::<Vec<_>>()[..]
+        {
+            ["join"] => {
+                let field = |name: &str| -> Result<String, ApiError> {
+                    body[name]
+                        .as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| invalid(format!("join: {name} is required")))
+                };
+                let record = MemberRecord {
+                    id: body["id"]
+                        .as_u64()
+                        .filter(|id| *id > 0)
+                        .ok_or_else(|| invalid("join: id (>= 1) is required".into()))?,
+                    state: MemberState::Joining,
+                    raft_addr: field("raft_addr")?,
+                    http_addr: field("http_addr")?,
+                    native_addr: field("native_addr")?,
+                    control_addr: body["control_addr"].as_str().map(str::to_owned),
+                };
+                self.cluster.join(record).await
+            }
+            ["nodes", node, action] => {
+                let node: u64 = node
+                    .parse()
+                    .map_err(|_| invalid(format!("{node:?} is not a node id")))?;
+                match action {
+                    "drain" => self.cluster.drain(node).await,
+                    "remove" => self.cluster.remove(node).await,
+                    other => return Err(invalid(format!("no cluster action {other:?}"))),
+                }
+            }
+            _ => return Err(ApiError::new(ErrorCode::NotFound, "no such route")),
+        };
+        match outcome {
+            Ok(map) => Ok(json!({
+                "epoch": map.epoch,
+                "nodes": map.members.iter().map(|m| json!({"id": m.id, "state": m.state.as_str()})).collect::<Vec<_>>(),
+            })),
+            Err(ChangeError::NotLeader(_)) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "this node no longer leads the metadata group; retry",
+            )),
+            Err(ChangeError::Refused(message)) => {
+                Err(ApiError::new(ErrorCode::InvalidState, message))
+            }
+            Err(ChangeError::Unavailable(message)) => {
+                Err(ApiError::new(ErrorCode::Unavailable, message))
+            }
+        }
+    }
+}
+
+/// A proxied HTTP answer: its JSON body, or the error it carries.
+pub async fn json_answer(response: axum::response::Response) -> Result<Json, ApiError> {
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
+    let value: Json = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("another node answered non-JSON: {e}"),
+        )
+    })?;
+    if status.is_success() {
+        return Ok(value);
+    }
+    let code = value["code"]
+        .as_str()
+        .and_then(ErrorCode::parse)
+        .unwrap_or(ErrorCode::Internal);
+    let message = value["message"].as_str().unwrap_or_default().to_owned();
+    Err(ApiError::new(code, message).with_details(value["details"].clone()))
 }
 
 /// Header marking a request another node already forwarded (never forwarded twice).
@@ -519,13 +823,18 @@ pub async fn deploy_when_ready(
     }
 }
 
-/// Keeps the definition cache in step with what the metadata group applies.
-pub async fn follow_meta(runtime: Runtime, cluster: Arc<Cluster>) {
-    let Some(mut changes) = cluster.take_meta_changes() else {
+/// Keeps the definition cache and the control plane's members in step
+/// with what the metadata group applies.
+pub async fn follow_meta(runtime: Runtime, peers: Arc<Peers>) {
+    let Some(mut changes) = peers.cluster().take_meta_changes() else {
         return;
     };
     while let Some(change) = changes.recv().await {
+        if matches!(change, MetaChange::Map(_) | MetaChange::Installed) {
+            peers.follow_members();
+        }
         let deployed = match change {
+            MetaChange::Map(_) => continue,
             MetaChange::Deployed(deployed) => deployed,
             MetaChange::Installed => match runtime.services.store.definitions() {
                 Ok(all) => all.into_iter().map(|d| (d.name, d.version)).collect(),

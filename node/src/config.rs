@@ -43,14 +43,27 @@ pub struct Config {
     /// Replicated cluster (absent: one node owning every shard, no replication).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterSection>,
+    /// Joins a running cluster through this member's HTTP address
+    /// (`--join`): the node is one of `cluster.spares` (or a member
+    /// replacing itself) and forms no group of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<String>,
 }
 
 /// A replicated cluster: its members and how shards are replicated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ClusterSection {
-    /// Every member; a node finds its own addresses here by `node-id`.
+    /// The members that form the cluster; a node finds its own addresses
+    /// here (or in `spares`) by `node-id`.
     pub members: Vec<Member>,
+    /// Nodes described but not members at start: each joins a running
+    /// cluster with `--join ADDR`.
+    #[serde(default)]
+    pub spares: Vec<Member>,
+    /// Most shards whose replicas move at once (joins, drains, rebalancing).
+    #[serde(default = "defaults::max_moving_shards")]
+    pub max_moving_shards: usize,
     /// Replicas per shard (at most the member count).
     #[serde(default = "defaults::replication_factor")]
     pub replication_factor: usize,
@@ -100,9 +113,15 @@ pub struct Member {
 }
 
 impl ClusterSection {
-    /// The member with `id`.
+    /// The first member with `id`.
     pub fn member(&self, id: u64) -> Option<&Member> {
         self.members.iter().find(|m| m.id == id)
+    }
+
+    /// The node with `id`: a first member or a spare.
+    pub fn described(&self, id: u64) -> Option<&Member> {
+        self.member(id)
+            .or_else(|| self.spares.iter().find(|m| m.id == id))
     }
 }
 
@@ -225,6 +244,9 @@ mod defaults {
     pub fn snapshot_after() -> u64 {
         10_000
     }
+    pub fn max_moving_shards() -> usize {
+        2
+    }
     pub fn http_addr() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 8080))
     }
@@ -249,6 +271,9 @@ pub struct Overrides {
     /// `--native-addr`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub native_addr: Option<SocketAddr>,
+    /// `--join`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<String>,
 }
 
 /// A configuration problem, with the key it is about.
@@ -302,7 +327,7 @@ impl Config {
         if let Some(member) = config
             .cluster
             .as_ref()
-            .and_then(|c| c.member(config.node_id))
+            .and_then(|c| c.described(config.node_id))
         {
             if overrides.http_addr.is_none() {
                 config.http_addr = member.http_addr;
@@ -380,20 +405,42 @@ impl Config {
             return invalid("engine.restart-budget", "must be >= 1");
         }
         if let Some(cluster) = &self.cluster {
-            if cluster.member(self.node_id).is_none() {
+            if cluster.described(self.node_id).is_none() {
                 return invalid(
                     "node-id",
                     &format!(
-                        "node {} is not among cluster.members; start it with --node-id N",
+                        "node {} is not among cluster.members or cluster.spares; start it with \
+                         --node-id N",
                         self.node_id
                     ),
                 );
             }
-            let mut ids: Vec<u64> = cluster.members.iter().map(|m| m.id).collect();
+            if cluster.member(self.node_id).is_none() && self.join.is_none() {
+                return invalid(
+                    "join",
+                    &format!(
+                        "node {} is a spare: start it with --join ADDR (a member's HTTP address)",
+                        self.node_id
+                    ),
+                );
+            }
+            let mut ids: Vec<u64> = cluster
+                .members
+                .iter()
+                .chain(&cluster.spares)
+                .map(|m| m.id)
+                .collect();
+            let described = ids.len();
             ids.sort_unstable();
             ids.dedup();
-            if ids.len() != cluster.members.len() || ids.contains(&0) {
-                return invalid("cluster.members", "ids must be unique and >= 1");
+            if ids.len() != described || ids.contains(&0) {
+                return invalid(
+                    "cluster.members",
+                    "ids of members and spares must be unique and >= 1",
+                );
+            }
+            if cluster.max_moving_shards == 0 {
+                return invalid("cluster.max-moving-shards", "must be >= 1");
             }
             if !(1..=cluster.members.len()).contains(&cluster.replication_factor) {
                 return invalid(
@@ -414,9 +461,10 @@ impl Config {
             let with_control = cluster
                 .members
                 .iter()
+                .chain(&cluster.spares)
                 .filter(|m| m.control_addr.is_some())
                 .count();
-            if with_control != 0 && with_control != cluster.members.len() {
+            if with_control != 0 && with_control != cluster.members.len() + cluster.spares.len() {
                 return invalid(
                     "cluster.members",
                     "either every member has a control-addr or none has",

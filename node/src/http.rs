@@ -1,6 +1,7 @@
 //! The HTTP/JSON listener (axum): routes of brief §4 over [`crate::api`].
 
 use crate::api::{self, ApiError};
+use crate::gather;
 use crate::workers;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -110,6 +111,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/tasks/{token}/heartbeat", post(heartbeat_task))
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/digests", get(digests))
+        .route("/v1/cluster/join", post(change_membership))
+        .route("/v1/cluster/nodes/{node}/drain", post(change_membership))
+        .route("/v1/cluster/nodes/{node}/remove", post(change_membership))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -125,19 +129,18 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
 
 /// In a cluster, reads of an instance (`GET /v1/workflows/{id}[/...]`) are
 /// answered by the leader of its shard, where its state is current and its
-/// end is awaited: proxied there in one hop. Commands need no proxy: the
-/// router carries them to the leader.
+/// end is awaited, and so are decisions on human tasks and incidents (their
+/// ids name their shard): proxied there in one hop. Other commands need no
+/// proxy: the router carries them to the leader.
 async fn read_on_leader(
     State(s): State<AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let leader = match (&s.peers, request.method()) {
-        (Some(peers), &axum::http::Method::GET)
-            if !request.headers().contains_key(crate::cluster::FORWARDED) =>
-        {
-            instance_in_path(request.uri().path())
-                .and_then(|id| peers.leader_elsewhere(s.runtime.router().shard_of(&id)))
+    let leader = match &s.peers {
+        Some(peers) if !request.headers().contains_key(crate::cluster::FORWARDED) => {
+            led_shard(&s, request.method(), request.uri().path())
+                .and_then(|shard| peers.leader_elsewhere(shard))
                 .map(|leader| (peers.clone(), leader))
         }
         _ => None,
@@ -145,17 +148,52 @@ async fn read_on_leader(
     let Some((peers, leader)) = leader else {
         return next.run(request).await;
     };
-    let path = request.uri().path_and_query().map_or_else(
-        || request.uri().path().to_owned(),
-        |p| p.as_str().to_owned(),
-    );
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(body) => body,
+        Err(e) => return ApiError::new(ErrorCode::InvalidRequest, e.to_string()).into_response(),
+    };
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
+        .unwrap_or(reqwest::Method::GET);
     match peers
-        .proxy(leader, reqwest::Method::GET, &path, None, Bytes::new())
+        .proxy(
+            leader,
+            method,
+            &path_and_query(&parts.uri),
+            content_type,
+            body,
+        )
         .await
     {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
+}
+
+/// The shard whose leader answers this request, if one does.
+fn led_shard(s: &AppState, method: &axum::http::Method, path: &str) -> Option<u32> {
+    use axum::http::Method;
+    if method == Method::GET {
+        return instance_in_path(path).map(|id| s.runtime.router().shard_of(&id));
+    }
+    if method != Method::POST {
+        return None;
+    }
+    let id_before = |prefix: &str, ends: &[&str]| -> Option<String> {
+        let rest = path.strip_prefix(prefix)?;
+        let (id, action) = rest.split_once('/')?;
+        ends.contains(&action).then(|| id.to_owned())
+    };
+    if let Some(id) = id_before("/v1/human-tasks/", &["complete"]) {
+        return troupe_storage::human_task_shard(&id);
+    }
+    id_before("/v1/incidents/", &["retry", "resolve"])
+        .and_then(|id| troupe_storage::incident_shard(&id))
 }
 
 /// The instance id of `/v1/workflows/{id}[/...]`, percent-decoded.
@@ -252,11 +290,43 @@ async fn start(State(s): State<AppState>, bytes: Result<Bytes, BytesRejection>) 
     )
 }
 
+/// The peers to gather a cross-shard request from: a cluster node's
+/// (unless the request already names its shards).
+fn gathering(s: &AppState, shards: &Option<String>) -> Option<Arc<crate::cluster::Peers>> {
+    s.peers.clone().filter(|_| shards.is_none())
+}
+
+/// The request's path and query, for asking other nodes the same.
+fn path_and_query(uri: &axum::http::Uri) -> String {
+    uri.path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned())
+}
+
 async fn list(
     State(s): State<AppState>,
+    uri: axum::http::Uri,
     q: Result<Query<api::ListQuery>, QueryRejection>,
 ) -> Reply {
-    ok(StatusCode::OK, api::list(&s.runtime, query(q)?).await?)
+    let q = query(q)?;
+    let Some(peers) = gathering(&s, &q.shards) else {
+        return ok(StatusCode::OK, api::list(&s.runtime, q).await?);
+    };
+    let listing = match q.order.as_deref() {
+        Some("newest") => gather::Listing::NewestWorkflows,
+        _ => gather::Listing::Workflows,
+    };
+    let limit = api::list_limit(q.limit);
+    let page = gather::list(&peers, listing, &path_and_query(&uri), limit, |shards| {
+        api::list(
+            &s.runtime,
+            api::ListQuery {
+                shards: api::shards_param(shards),
+                ..q
+            },
+        )
+    })
+    .await?;
+    ok(StatusCode::OK, page)
 }
 
 async fn workflow(State(s): State<AppState>, Path(id): Path<String>) -> Reply {
@@ -343,15 +413,36 @@ async fn cancel(
     )
 }
 
+/// `?shards=` of the requests that span shards.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ShardsQuery {
+    shards: Option<String>,
+}
+
 async fn publish(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    q: Result<Query<ShardsQuery>, QueryRejection>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    ok(
-        StatusCode::ACCEPTED,
-        api::publish(&s.runtime, &name, json_body(bytes)?).await?,
-    )
+    let q = query(q)?;
+    let body: Value = json_body(bytes)?;
+    let request: api::EventRequest = serde_json::from_value(body.clone())
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("invalid JSON body: {e}")))?;
+    let answer = match gathering(&s, &q.shards) {
+        Some(peers) => {
+            gather::publish(&peers, &name, &body, |shards| {
+                api::publish(&s.runtime, &name, request, shards)
+            })
+            .await?
+        }
+        None => {
+            let shards = api::parse_shards(q.shards.as_deref())?;
+            api::publish(&s.runtime, &name, request, shards).await?
+        }
+    };
+    ok(StatusCode::ACCEPTED, answer)
 }
 
 #[derive(serde::Deserialize)]
@@ -360,23 +451,32 @@ struct AssigneeQuery {
     assignee: Option<String>,
     cursor: Option<String>,
     limit: Option<usize>,
+    shards: Option<String>,
 }
 
 async fn human_tasks(
     State(s): State<AppState>,
+    uri: axum::http::Uri,
     q: Result<Query<AssigneeQuery>, QueryRejection>,
 ) -> Reply {
     let q = query(q)?;
-    ok(
-        StatusCode::OK,
+    let local = |shards| {
         api::human_tasks(
             &s.runtime,
             q.assignee.as_deref(),
             q.cursor.as_deref(),
             q.limit,
+            shards,
         )
-        .await?,
-    )
+    };
+    let page = match gathering(&s, &q.shards) {
+        Some(peers) => {
+            let (listing, limit) = (gather::Listing::HumanTasks, api::side_limit(q.limit));
+            gather::list(&peers, listing, &path_and_query(&uri), limit, local).await?
+        }
+        None => local(api::parse_shards(q.shards.as_deref())?).await?,
+    };
+    ok(StatusCode::OK, page)
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -398,15 +498,29 @@ async fn complete_human_task(
     )
 }
 
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct IncidentsQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+    shards: Option<String>,
+}
+
 async fn incidents(
     State(s): State<AppState>,
-    q: Result<Query<PageQuery>, QueryRejection>,
+    uri: axum::http::Uri,
+    q: Result<Query<IncidentsQuery>, QueryRejection>,
 ) -> Reply {
-    let page = query(q)?;
-    ok(
-        StatusCode::OK,
-        api::incidents(&s.runtime, page.cursor.as_deref(), page.limit).await?,
-    )
+    let q = query(q)?;
+    let local = |shards| api::incidents(&s.runtime, q.cursor.as_deref(), q.limit, shards);
+    let page = match gathering(&s, &q.shards) {
+        Some(peers) => {
+            let (listing, limit) = (gather::Listing::Incidents, api::side_limit(q.limit));
+            gather::list(&peers, listing, &path_and_query(&uri), limit, local).await?
+        }
+        None => local(api::parse_shards(q.shards.as_deref())?).await?,
+    };
+    ok(StatusCode::OK, page)
 }
 
 async fn retry_incident(State(s): State<AppState>, Path(id): Path<String>) -> Reply {
@@ -523,6 +637,22 @@ async fn cluster(State(s): State<AppState>) -> Reply {
         None => api::cluster(&s.runtime, s.node_id),
     };
     ok(StatusCode::OK, status)
+}
+
+/// Joins, drains or removes a member (made on the metadata leader).
+async fn change_membership(
+    State(s): State<AppState>,
+    uri: axum::http::Uri,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let Some(peers) = &s.peers else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidState,
+            "this node is not in a cluster: membership does not change",
+        ));
+    };
+    let body: Value = json_body(bytes)?;
+    ok(StatusCode::OK, peers.change(uri.path(), body).await?)
 }
 
 /// A digest of each shard's state on this node, to compare replicas.

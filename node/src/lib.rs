@@ -11,6 +11,7 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 mod duration_serde;
+pub mod gather;
 pub mod http;
 pub mod metrics;
 pub mod native;
@@ -89,7 +90,6 @@ impl Node {
                 let (raft, control, leadership) =
                     cluster::start(&config, section, store.clone(), links).await?;
                 let log = Arc::new(cluster::ReplicatedLog(raft.clone()));
-                let raft_for_meta = raft.clone();
                 let runtime = Runtime::new(store, log, settings, handlers);
                 let peers = cluster::Peers::new(raft, control, section.clone(), config.node_id);
                 let remote = Arc::new(cluster::PeerRemote(peers.clone()));
@@ -99,7 +99,7 @@ impl Node {
                     config.node_id,
                     leadership,
                 ));
-                tokio::spawn(cluster::follow_meta(runtime.clone(), raft_for_meta));
+                tokio::spawn(cluster::follow_meta(runtime.clone(), peers.clone()));
                 (runtime, Some(peers))
             }
         };
@@ -169,6 +169,19 @@ impl Node {
             }
         });
         ready.store(true, Ordering::Release);
+        if let (Some(through), Some(section)) = (&config.join, &config.cluster)
+            && let Some(me) = section.described(config.node_id)
+        {
+            let record = troupe_storage::MemberRecord {
+                id: config.node_id,
+                state: troupe_storage::MemberState::Joining,
+                raft_addr: me.raft_addr.to_string(),
+                http_addr: http_addr.to_string(),
+                native_addr: native_addr.to_string(),
+                control_addr: me.control_addr.map(|a| a.to_string()),
+            };
+            tokio::spawn(cluster::join(through.clone(), record));
+        }
         tracing::info!(node_id = config.node_id, %http_addr, %native_addr, shards = config.shards, "node started");
         Ok(Self {
             runtime,
@@ -196,8 +209,12 @@ impl Node {
         &self.runtime
     }
 
-    /// Stops listening and stops the actors.
+    /// Hands this node's shard leaderships to other replicas (a cluster
+    /// node), stops listening and stops the actors.
     pub async fn shutdown(mut self) {
+        if let Some(peers) = &self.peers {
+            peers.hand_off().await;
+        }
         if let Some(stop) = self.shutdown.take() {
             let _ = stop.send(());
         }

@@ -23,6 +23,10 @@ struct Args {
     /// Overrides `node-id`.
     #[arg(long)]
     node_id: Option<u64>,
+    /// Joins a running cluster through this member's HTTP address (a
+    /// node of `cluster.spares`).
+    #[arg(long)]
+    join: Option<String>,
 }
 
 /// mimalloc: the engine allocates many small, short-lived values per
@@ -44,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         http_addr: args.http_addr,
         native_addr: args.native_addr,
+        join: args.join,
     };
     let config = Config::load(&args.config, &overrides)?;
     let node = Node::start(config).await?;

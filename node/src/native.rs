@@ -7,8 +7,9 @@
 //! that the node stops reading, and the client feels TCP backpressure.
 
 use crate::api::{self, ApiError};
+use crate::gather::{self, Listing, encode};
 use crate::workers::{self, Report, Subscription};
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -280,18 +281,13 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
         other => other,
     };
     if let Some(peers) = &state.peers
-        && let Some((leader, path)) = read_elsewhere(state, peers, &request)
+        && let Some((leader, path, body)) = led_elsewhere(state, peers, &request)
     {
-        let response = peers
-            .proxy(
-                leader,
-                reqwest::Method::GET,
-                &path,
-                None,
-                Default::default(),
-            )
-            .await?;
-        return proxied_json(response).await;
+        let value = match body {
+            None => peers.get_json(leader, &path).await?,
+            Some(body) => peers.post_json(leader, &path, &body).await?,
+        };
+        return json(value);
     }
     match request {
         Request::Deploy { source } => {
@@ -323,14 +319,39 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
             limit,
             cursor,
         }) => {
+            let path = query_path(
+                "/v1/workflows",
+                &[
+                    ("status", status.clone()),
+                    ("definition", definition.clone()),
+                    ("limit", limit.map(|l| l.to_string())),
+                    ("cursor", cursor.clone()),
+                ],
+            );
             let query = api::ListQuery {
                 status,
                 definition,
                 limit: limit.map(|l| l as usize),
                 cursor,
                 order: None,
+                shards: None,
             };
-            json(api::list(rt, query).await?)
+            let Some(peers) = &state.peers else {
+                return json(api::list(rt, query).await?);
+            };
+            let limit = api::list_limit(query.limit);
+            json(
+                gather::list(peers, Listing::Workflows, &path, limit, |shards| {
+                    api::list(
+                        rt,
+                        api::ListQuery {
+                            shards: api::shards_param(shards),
+                            ..query
+                        },
+                    )
+                })
+                .await?,
+            )
         }
         Request::Signal {
             workflow,
@@ -351,28 +372,61 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
             correlation_key,
             payload,
         } => {
-            let request = api::EventRequest {
-                id: event_id,
-                correlation_key,
-                payload: json_text(&payload, "payload")?,
-            };
-            json(api::publish(rt, &name, request).await?)
+            let body = json!({
+                "id": event_id,
+                "correlation_key": correlation_key,
+                "payload": json_text(&payload, "payload")?,
+            });
+            let request: api::EventRequest = serde_json::from_value(body.clone())
+                .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+            let local = |shards| api::publish(rt, &name, request, shards);
+            match &state.peers {
+                Some(peers) => json(gather::publish(peers, &name, &body, local).await?),
+                None => json(local(None).await?),
+            }
         }
-        Request::HumanTasks { assignee, page } => json(
-            api::human_tasks(
-                rt,
-                assignee.as_deref(),
-                page.cursor.as_deref(),
-                limit(&page),
-            )
-            .await?,
-        ),
+        Request::HumanTasks { assignee, page } => {
+            let local = |shards| {
+                api::human_tasks(
+                    rt,
+                    assignee.as_deref(),
+                    page.cursor.as_deref(),
+                    limit(&page),
+                    shards,
+                )
+            };
+            let Some(peers) = &state.peers else {
+                return json(local(None).await?);
+            };
+            let path = query_path(
+                "/v1/human-tasks",
+                &[
+                    ("assignee", assignee.clone()),
+                    ("cursor", page.cursor.clone()),
+                    ("limit", page.limit.map(|l| l.to_string())),
+                ],
+            );
+            let limit = api::side_limit(limit(&page));
+            json(gather::list(peers, Listing::HumanTasks, &path, limit, local).await?)
+        }
         Request::CompleteHumanTask { id, payload } => {
             let payload = json_text(&payload, "payload")?;
             json(api::complete_human_task(rt, &id, payload).await?)
         }
         Request::Incidents { page } => {
-            json(api::incidents(rt, page.cursor.as_deref(), limit(&page)).await?)
+            let local = |shards| api::incidents(rt, page.cursor.as_deref(), limit(&page), shards);
+            let Some(peers) = &state.peers else {
+                return json(local(None).await?);
+            };
+            let path = query_path(
+                "/v1/incidents",
+                &[
+                    ("cursor", page.cursor.clone()),
+                    ("limit", page.limit.map(|l| l.to_string())),
+                ],
+            );
+            let limit = api::side_limit(limit(&page));
+            json(gather::list(peers, Listing::Incidents, &path, limit, local).await?)
         }
         Request::SettleIncident { id, retry } => json(api::settle_incident(rt, &id, retry).await?),
         Request::Cluster => match &state.peers {
@@ -445,73 +499,66 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
     }
 }
 
-/// A read of an instance whose shard another node leads: that node and the
-/// HTTP path that answers it there.
-fn read_elsewhere(
+/// A request answered by the leader of a shard another node leads (a
+/// read of an instance, a decision on a human task or incident): that
+/// node, and the HTTP path (and body, for a decision) that answers it there.
+fn led_elsewhere(
     state: &NativeState,
     peers: &crate::cluster::Peers,
     request: &Request,
-) -> Option<(u64, String)> {
+) -> Option<(u64, String, Option<Json>)> {
     let page_query = |page: &Page| {
-        let mut query = Vec::new();
-        if let Some(cursor) = &page.cursor {
-            query.push(format!("cursor={}", encode_component(cursor)));
-        }
-        if let Some(limit) = page.limit {
-            query.push(format!("limit={limit}"));
-        }
-        if query.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", query.join("&"))
-        }
-    };
-    let (id, tail) = match request {
-        Request::Workflow { id } => (id, String::new()),
-        Request::History { id, page } => (id, format!("/history{}", page_query(page))),
-        Request::Steps { id, page } => (id, format!("/steps{}", page_query(page))),
-        Request::AwaitWorkflow { id, wait_ms } => (id, format!("/result?wait_ms={wait_ms}")),
-        _ => return None,
-    };
-    let leader = peers.leader_elsewhere(state.runtime.router().shard_of(id))?;
-    Some((
-        leader,
-        format!("/v1/workflows/{}{tail}", encode_component(id)),
-    ))
-}
-
-/// Percent-encodes everything but unreserved characters.
-fn encode_component(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-/// A proxied HTTP answer as a native one.
-async fn proxied_json(response: axum::response::Response) -> api::Result<Response> {
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
-    let value: Json = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            ErrorCode::Internal,
-            format!("leader answered non-JSON: {e}"),
+        query_path(
+            "",
+            &[
+                ("cursor", page.cursor.clone()),
+                ("limit", page.limit.map(|l| l.to_string())),
+            ],
         )
-    })?;
-    if status.is_success() {
-        return Ok(Response::Json(value.to_string()));
+    };
+    let router = state.runtime.router();
+    let (shard, path, body) = match request {
+        Request::CompleteHumanTask { id, payload } => (
+            troupe_storage::human_task_shard(id)?,
+            format!("/v1/human-tasks/{}/complete", encode(id)),
+            Some(json!({ "payload": serde_json::from_str::<Json>(payload).ok()? })),
+        ),
+        Request::SettleIncident { id, retry } => (
+            troupe_storage::incident_shard(id)?,
+            format!(
+                "/v1/incidents/{}/{}",
+                encode(id),
+                if *retry { "retry" } else { "resolve" }
+            ),
+            Some(json!({})),
+        ),
+        _ => {
+            let (id, tail) = match request {
+                Request::Workflow { id } => (id, String::new()),
+                Request::History { id, page } => (id, format!("/history{}", page_query(page))),
+                Request::Steps { id, page } => (id, format!("/steps{}", page_query(page))),
+                Request::AwaitWorkflow { id, wait_ms } => {
+                    (id, format!("/result?wait_ms={wait_ms}"))
+                }
+                _ => return None,
+            };
+            let path = format!("/v1/workflows/{}{tail}", encode(id));
+            (router.shard_of(id), path, None)
+        }
+    };
+    let leader = peers.leader_elsewhere(shard)?;
+    Some((leader, path, body))
+}
+
+/// `path` with the parameters that are set as its query.
+fn query_path(path: &str, params: &[(&str, Option<String>)]) -> String {
+    let set: Vec<String> = params
+        .iter()
+        .filter_map(|(name, value)| Some(format!("{name}={}", encode(value.as_deref()?))))
+        .collect();
+    if set.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", set.join("&"))
     }
-    let code = value["code"]
-        .as_str()
-        .and_then(ErrorCode::parse)
-        .unwrap_or(ErrorCode::Internal);
-    let message = value["message"].as_str().unwrap_or_default().to_owned();
-    Err(ApiError::new(code, message).with_details(value["details"].clone()))
 }

@@ -209,6 +209,23 @@ fn every_ready_made_topology_loads() {
                     );
                 }
             }
+            if text.contains("[[cluster.spares]]") {
+                // A spare starts only to join a running cluster.
+                let spare = troupe_node::Overrides {
+                    node_id: Some(4),
+                    ..Default::default()
+                };
+                let err = troupe_node::Config::load(&path, &spare).unwrap_err();
+                assert!(err.to_string().contains("--join"), "{err}");
+                let joining = troupe_node::Overrides {
+                    join: Some("127.0.0.1:8081".into()),
+                    ..spare
+                };
+                let config = troupe_node::Config::load(&path, &joining)
+                    .unwrap_or_else(|e| panic!("{} (spare 4): {e}", path.display()));
+                assert!(data_dirs.insert(config.data_dir.clone()));
+                assert_eq!(config.http_addr.port(), 8084);
+            }
             seen += 1;
         }
     }

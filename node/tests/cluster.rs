@@ -7,6 +7,7 @@ mod common;
 
 use common::{Api, TempDir, eventually, free_port, init_tracing, nap_flow};
 use serde_json::json;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use troupe_cluster::LinkFilter;
 use troupe_node::{Config, Node, TaskHandlers};
@@ -14,9 +15,10 @@ use troupe_node::{Config, Node, TaskHandlers};
 const SHARDS: u32 = 4;
 const NAP: &str = "200ms";
 
-/// A three-member cluster config (ports picked now) for node `id`.
-fn configs(dir: &TempDir) -> Vec<Config> {
-    let ports: Vec<[u16; 3]> = (0..3)
+/// The configs of a `size`-member cluster keeping `replication_factor`
+/// replicas of each shard (ports picked now).
+fn configs(dir: &TempDir, size: u64, replication_factor: usize) -> Vec<Config> {
+    let ports: Vec<[u16; 3]> = (0..size)
         .map(|_| [free_port(), free_port(), free_port()])
         .collect();
     let members: String = ports
@@ -29,10 +31,10 @@ fn configs(dir: &TempDir) -> Vec<Config> {
             )
         })
         .collect();
-    (1..=3)
+    (1..=size)
         .map(|id| {
             let text = format!(
-                "node-id = {id}\ndata-dir = \"{}/node-{id}\"\nshards = {SHARDS}\n[engine]\npassivate-after = \"300ms\"\n[cluster]\nreplication-factor = 3\nelection-timeout-min = \"300ms\"\nelection-timeout-max = \"600ms\"\nheartbeat-interval = \"100ms\"\n{members}",
+                "node-id = {id}\ndata-dir = \"{}/node-{id}\"\nshards = {SHARDS}\n[engine]\npassivate-after = \"300ms\"\n[cluster]\nreplication-factor = {replication_factor}\nelection-timeout-min = \"300ms\"\nelection-timeout-max = \"600ms\"\nheartbeat-interval = \"100ms\"\n{members}",
                 dir.path().display()
             );
             let mut config = Config::from_toml(&text).unwrap();
@@ -51,13 +53,17 @@ struct Member {
 }
 
 async fn cluster(dir: &TempDir) -> Vec<Member> {
+    cluster_of(dir, 3, 3).await
+}
+
+async fn cluster_of(dir: &TempDir, size: u64, replication_factor: usize) -> Vec<Member> {
     init_tracing();
     // A port picked free may be taken by a test running beside this one
     // before the node binds it: then start again on other ports.
     for _ in 0..3 {
         let mut members = Vec::new();
         let mut taken = false;
-        for config in configs(dir) {
+        for config in configs(dir, size, replication_factor) {
             let links = LinkFilter::default();
             match Node::start_linked(config, TaskHandlers::default(), links.clone()).await {
                 Ok(node) => {
@@ -396,4 +402,123 @@ async fn the_rust_client_sends_each_instance_to_its_shard_leader() {
     for m in members {
         m.node.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listings_and_events_span_the_shards_when_each_node_holds_only_some() {
+    // One replica per shard: every node holds a part of the shards, and
+    // lists, human tasks and published events must reach the others.
+    let dir = TempDir::new("cluster-gather");
+    let members = cluster_of(&dir, 3, 1).await;
+    leaders(&members).await;
+    let flow = r#"
+name: gathered
+version: 1
+steps:
+  - id: approve
+    human: { assignee: ann, timeout: 1h }
+  - { id: paid, await: paid, correlation: "${input.order}", timeout: 1h }
+"#;
+    deploy_retrying(&members[0].api, flow).await;
+    let ids: Vec<String> = (0..SHARDS).map(|shard| id_on(shard, 0)).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let api = &members[n % members.len()].api;
+        assert!(
+            api.start_retrying("gathered", id, json!({"order": "o-1"}))
+                .await
+        );
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    for m in &members {
+        let (status, all) = m.api.get("/v1/workflows?limit=100").await;
+        assert_eq!(status, 200, "{all}");
+        let listed: Vec<&str> = all["workflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, sorted, "every shard's instances, in id order");
+        assert!(all["next_cursor"].is_null());
+    }
+    // Page by page from one node: the cursor carries across the shards.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/workflows?limit=1&cursor={}", common::encode(c)),
+            None => "/v1/workflows?limit=1".into(),
+        };
+        let (_, page) = members[1].api.get(&path).await;
+        paged.extend(
+            page["workflows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, sorted);
+    let (_, newest) = members[2]
+        .api
+        .get("/v1/workflows?order=newest&limit=2")
+        .await;
+    assert_eq!(newest["workflows"].as_array().unwrap().len(), 2);
+    assert!(newest["next_cursor"].is_string());
+
+    // Every human task, from any node; each completed through a node that
+    // may not hold its shard.
+    let tasks = eventually(10, "a human task per instance", || async {
+        let (_, list) = members[0].api.get("/v1/human-tasks?assignee=ann").await;
+        let tasks = list["human_tasks"].as_array().cloned().unwrap_or_default();
+        (tasks.len() == ids.len()).then_some(tasks)
+    })
+    .await;
+    for (n, task) in tasks.iter().enumerate() {
+        let id = task["id"].as_str().unwrap();
+        let api = &members[n % members.len()].api;
+        let (status, body) = api
+            .post(
+                &format!("/v1/human-tasks/{id}/complete"),
+                json!({"payload": {}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Publishing on one node reaches the waiting instances of every shard
+    // (published again until each has reached its await step).
+    let delivered = std::sync::atomic::AtomicU64::new(0);
+    eventually(10, "the event delivered on every shard", || async {
+        let (status, body) = members[1]
+            .api
+            .post(
+                "/v1/events/paid",
+                json!({"id": format!("paid-{}", rand_suffix()), "correlation_key": "o-1"}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let total = delivered.fetch_add(body["delivered"].as_u64().unwrap(), Ordering::SeqCst)
+            + body["delivered"].as_u64().unwrap();
+        (total == ids.len() as u64).then_some(())
+    })
+    .await;
+    for id in &ids {
+        members[0].api.wait_status(id, "completed").await;
+    }
+    for m in members {
+        m.node.shutdown().await;
+    }
+}
+
+/// A suffix that differs from call to call.
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }

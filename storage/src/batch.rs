@@ -151,6 +151,18 @@ impl ShardBatch {
             .collect()
     }
 
+    /// The cluster map this batch writes, if it writes one.
+    pub fn written_map(&self) -> Option<ClusterMap> {
+        self.ops.iter().rev().find_map(|op| match op {
+            BatchOp::Put {
+                table: Table::ClusterMap,
+                value,
+                ..
+            } => codec::decode::<ClusterMap>(value).ok(),
+            _ => None,
+        })
+    }
+
     fn delete(&mut self, table: Table, key: Vec<u8>) {
         self.ops.push(BatchOp::Delete { table, key });
     }
@@ -326,6 +338,16 @@ pub fn human_task_id(shard: u32, instance: &str, path: &str) -> String {
 /// The id of the incident of `instance` at `path` on `shard`.
 pub fn incident_id(shard: u32, instance: &str, path: &str) -> String {
     keys::short_id("incident", shard, instance, path)
+}
+
+/// The shard of a human task, by its id.
+pub fn human_task_shard(id: &str) -> Option<u32> {
+    keys::shard_of_short_id("human", id)
+}
+
+/// The shard of an incident, by its id.
+pub fn incident_shard(id: &str) -> Option<u32> {
+    keys::shard_of_short_id("incident", id)
 }
 
 #[cfg(test)]

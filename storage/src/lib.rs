@@ -30,7 +30,9 @@ mod records;
 mod shard_io;
 mod store;
 
-pub use batch::{Indexed, ShardBatch, human_task_id, incident_id};
+pub use batch::{
+    Indexed, ShardBatch, human_task_id, human_task_shard, incident_id, incident_shard,
+};
 pub use commit::Committer;
 pub use error::{Error, Result};
 pub use keys::META_GROUP;

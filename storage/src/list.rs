@@ -33,6 +33,9 @@ pub struct ListQuery {
     pub cursor: Option<String>,
     /// Most instances returned.
     pub limit: usize,
+    /// Only these shards (every shard when `None`): a node holding some
+    /// shards lists those, and a listing across the cluster merges them.
+    pub shards: Option<Vec<u32>>,
 }
 
 /// One page of a listing.
@@ -50,6 +53,8 @@ struct Head {
     order: Vec<u8>,
     id: String,
     shard: u32,
+    /// Position of the shard's iterator.
+    slot: usize,
 }
 
 impl PartialEq for Head {
@@ -99,7 +104,15 @@ impl Store {
         let cf = self.cf(table.cf());
         let mut iters = Vec::new();
         let mut heap = BinaryHeap::new();
-        for shard in 0..self.shards() {
+        let shards: Vec<u32> = match &query.shards {
+            Some(only) => only
+                .iter()
+                .copied()
+                .filter(|s| *s < self.shards())
+                .collect(),
+            None => (0..self.shards()).collect(),
+        };
+        for (slot, &shard) in shards.iter().enumerate() {
             let prefix = prefix_of(shard);
             let mut iter = self.db.raw_iterator_cf(cf);
             match &after {
@@ -114,7 +127,7 @@ impl Store {
                 }
                 None => iter.seek(&prefix),
             }
-            if let Some(head) = head(&iter, shard, &prefix, query.order) {
+            if let Some(head) = head(&iter, (shard, slot), &prefix, query.order) {
                 heap.push(Reverse(head));
             }
             iters.push((iter, prefix));
@@ -122,9 +135,9 @@ impl Store {
         let mut items = Vec::new();
         let mut last = None;
         while let Some(Reverse(top)) = heap.pop() {
-            let (iter, prefix) = &mut iters[top.shard as usize];
+            let (iter, prefix) = &mut iters[top.slot];
             iter.next();
-            if let Some(next) = head(iter, top.shard, prefix, query.order) {
+            if let Some(next) = head(iter, (top.shard, top.slot), prefix, query.order) {
                 heap.push(Reverse(next));
             }
             iter.status()?;
@@ -154,7 +167,7 @@ impl Store {
 /// The entry an iterator is on, if it is still inside `prefix`.
 fn head(
     iter: &rocksdb::DBRawIteratorWithThreadMode<'_, rocksdb::DB>,
-    shard: u32,
+    (shard, slot): (u32, usize),
     prefix: &[u8],
     order: ListOrder,
 ) -> Option<Head> {
@@ -168,6 +181,7 @@ fn head(
         order: order_bytes,
         id,
         shard,
+        slot,
     })
 }
 

@@ -19,18 +19,86 @@ pub struct DefinitionRecord {
     pub deployed_at: Millis,
 }
 
-/// The cluster map, held by the metadata group: members, shard placement
-/// settings, and an epoch that grows with every change.
+/// The cluster map, held by the metadata group: members with their
+/// addresses and states, each shard's placement, and an epoch that grows
+/// with every change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterMap {
     /// Grows by one with every change of the map.
     pub epoch: u64,
-    /// Member node ids.
-    pub members: Vec<u64>,
+    /// Members, in id order (removed ones stay, so they stay refused).
+    pub members: Vec<MemberRecord>,
     /// Shard count.
     pub shards: u32,
     /// Replicas per shard.
     pub replication_factor: u32,
+    /// Each shard's replicas as placed, its preferred leader first.
+    pub placement: Vec<Vec<u64>>,
+}
+
+impl ClusterMap {
+    /// Member `id`, if the map has it.
+    pub fn member(&self, id: u64) -> Option<&MemberRecord> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// Ids of the members in `state`.
+    pub fn in_state(&self, state: MemberState) -> Vec<u64> {
+        self.members
+            .iter()
+            .filter(|m| m.state == state)
+            .map(|m| m.id)
+            .collect()
+    }
+
+    /// The shards placed on `node`.
+    pub fn shards_on(&self, node: u64) -> Vec<u32> {
+        (0..self.shards)
+            .filter(|s| self.placement[*s as usize].contains(&node))
+            .collect()
+    }
+}
+
+/// A member of the cluster map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// Node id.
+    pub id: u64,
+    /// Where it stands.
+    pub state: MemberState,
+    /// Its Raft address.
+    pub raft_addr: String,
+    /// Its HTTP address.
+    pub http_addr: String,
+    /// Its native-protocol address.
+    pub native_addr: String,
+    /// Its control-plane address, when the cluster has one.
+    pub control_addr: Option<String>,
+}
+
+/// Where a member stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberState {
+    /// Catching up the metadata group; holds no replica yet.
+    Joining,
+    /// Holds replicas and leads shards.
+    Active,
+    /// Its replicas and leaderships move to the others.
+    Draining,
+    /// Out of the cluster for good; refused if it comes back.
+    Removed,
+}
+
+impl MemberState {
+    /// The state as `/v1/cluster` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Joining => "joining",
+            MemberState::Active => "active",
+            MemberState::Draining => "draining",
+            MemberState::Removed => "removed",
+        }
+    }
 }
 
 /// Where a child instance reports back to.

@@ -74,6 +74,29 @@ impl Store {
         self.write_synced(batch)
     }
 
+    /// Deletes everything of `group` on this node, its replication log
+    /// and state included (synced): the node no longer holds a replica.
+    pub fn forget_group(&self, group: u32) -> Result<()> {
+        if group == keys::META_GROUP {
+            return Err(Error::Import(
+                "the metadata group is on every member and is never forgotten".into(),
+            ));
+        }
+        let mut batch = rocksdb::WriteBatch::default();
+        self.delete_shard_into(group, &mut batch);
+        batch.delete_range_cf(
+            self.cf(keys::RAFT_LOG),
+            keys::raft_log(group, 0),
+            keys::raft_log_end(group),
+        );
+        batch.delete_range_cf(
+            self.cf(keys::RAFT_STATE),
+            keys::shard_start(group),
+            keys::shard_end(group),
+        );
+        self.write_synced(batch)
+    }
+
     pub(crate) fn import_into(
         &self,
         shard: u32,

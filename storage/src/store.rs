@@ -17,7 +17,7 @@ use troupe_engine::engine::{Event, InstanceStatus, Millis, StepRun};
 /// Format 1 (keys not scoped by shard) had no `format` key; format 2
 /// rewrote the whole instance on every transition; format 3 had no
 /// due-order timer index.
-pub const FORMAT: u32 = 4;
+pub const FORMAT: u32 = 5;
 
 /// How to open the store.
 #[derive(Debug, Clone, Copy)]
@@ -539,10 +539,11 @@ impl Store {
         &self,
         cursor: Option<&str>,
         limit: usize,
+        shards: Option<&[u32]>,
         keep: impl Fn(&HumanTaskRecord) -> bool,
     ) -> Result<Vec<HumanTaskRecord>> {
         let from = cursor.and_then(|c| Some((keys::shard_of_short_id("human", c)?, c)));
-        self.across_shards(Table::HumanTasks, from, limit, keep)
+        self.across_shards(Table::HumanTasks, from, limit, shards, keep)
     }
 
     /// One open human task.
@@ -556,10 +557,15 @@ impl Store {
     }
 
     /// Open incidents, in shard then id order, after `cursor` (an incident
-    /// id), at most `limit`.
-    pub fn incidents(&self, cursor: Option<&str>, limit: usize) -> Result<Vec<IncidentRecord>> {
+    /// id), at most `limit`, of `shards` (all when `None`).
+    pub fn incidents(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        shards: Option<&[u32]>,
+    ) -> Result<Vec<IncidentRecord>> {
         let from = cursor.and_then(|c| Some((keys::shard_of_short_id("incident", c)?, c)));
-        self.across_shards(Table::Incidents, from, limit, |_| true)
+        self.across_shards(Table::Incidents, from, limit, shards, |_| true)
     }
 
     /// One open incident.
@@ -573,17 +579,21 @@ impl Store {
     }
 
     /// Records of a table keyed `shard | id`, shard by shard, from after
-    /// `(shard, id)`.
+    /// `(shard, id)`, of `shards` (all when `None`).
     fn across_shards<T: serde::de::DeserializeOwned>(
         &self,
         table: Table,
         from: Option<(u32, &str)>,
         limit: usize,
+        shards: Option<&[u32]>,
         keep: impl Fn(&T) -> bool,
     ) -> Result<Vec<T>> {
         let mut out = Vec::new();
         let first = from.map_or(0, |(shard, _)| shard);
         for shard in first..self.shards {
+            if shards.is_some_and(|only| !only.contains(&shard)) {
+                continue;
+            }
             let prefix = keys::shard_start(shard);
             let mut after = from
                 .filter(|(s, _)| *s == shard)
@@ -610,10 +620,19 @@ impl Store {
         Ok(out)
     }
 
-    /// Instances awaiting event `name` with `correlation`, in every shard.
-    pub fn subscribers(&self, name: &str, correlation: Option<&str>) -> Result<Vec<String>> {
+    /// Instances awaiting event `name` with `correlation`, in `shards`
+    /// (all when `None`).
+    pub fn subscribers(
+        &self,
+        name: &str,
+        correlation: Option<&str>,
+        shards: Option<&[u32]>,
+    ) -> Result<Vec<String>> {
         let mut ids = Vec::new();
         for shard in 0..self.shards {
+            if shards.is_some_and(|only| !only.contains(&shard)) {
+                continue;
+            }
             let prefix = keys::subscription_prefix(shard, name, correlation);
             ids.extend(
                 self.scan::<()>(Table::Subscriptions.cf(), &prefix, None, usize::MAX)?

@@ -157,6 +157,21 @@ async fn listing_reads_through_the_indexes_in_order_and_by_page() {
         .unwrap();
     assert_eq!(all.items.len(), 40);
     assert!(all.items.windows(2).all(|w| w[0].id < w[1].id));
+    // One shard's part of the listing, as a node holding only that shard
+    // answers a cluster-wide listing.
+    let own = store
+        .list(&ListQuery {
+            limit: 1000,
+            shards: Some(vec![shard]),
+            ..ListQuery::default()
+        })
+        .unwrap();
+    let expected: Vec<String> = ids(&all)
+        .into_iter()
+        .filter(|id| troupe_protocol::shard_of(id, 4) == shard)
+        .collect();
+    assert!(!expected.is_empty() && expected.len() < 40);
+    assert_eq!(ids(&own), expected);
     let counted: i64 = (0..4)
         .flat_map(|s| store.status_counts(s).unwrap())
         .filter(|(s, _)| *s == InstanceStatus::Failed)
@@ -238,7 +253,7 @@ async fn a_shard_moves_whole_between_stores_and_leaves_nothing_behind() {
     let task_id = human_task_id(1, &id, "ask");
     assert_eq!(to.human_task(&task_id).unwrap().unwrap().assignee, "ops");
     assert_eq!(
-        to.subscribers("paid", Some("o-1")).unwrap(),
+        to.subscribers("paid", Some("o-1"), None).unwrap(),
         vec![id.clone()]
     );
     assert_eq!(to.status_counts(1).unwrap(), [(InstanceStatus::Waiting, 1)]);
@@ -400,11 +415,20 @@ fn the_metadata_group_moves_definitions_and_the_cluster_map_and_nothing_else() {
         source: format!("v{version}"),
         deployed_at: 1,
     };
+    let member = |id| troupe_storage::MemberRecord {
+        id,
+        state: troupe_storage::MemberState::Active,
+        raft_addr: format!("127.0.0.1:{}", 9000 + id),
+        http_addr: format!("127.0.0.1:{}", 8000 + id),
+        native_addr: format!("127.0.0.1:{}", 7000 + id),
+        control_addr: None,
+    };
     let map = troupe_storage::ClusterMap {
         epoch: 1,
-        members: vec![1, 2, 3],
+        members: vec![member(1), member(2), member(3)],
         shards: 2,
         replication_factor: 3,
+        placement: vec![vec![1, 2, 3], vec![2, 3, 1]],
     };
     let mut batches = vec![
         ShardBatch::deploy(&record(1)),
@@ -507,4 +531,50 @@ fn timers_are_read_by_due_window_and_rearming_or_cancelling_leaves_no_stale_entr
         "per shard"
     );
     assert_eq!(store.timers(1).unwrap().len(), 2);
+}
+
+#[test]
+fn a_forgotten_group_leaves_no_data_log_or_state_and_spares_its_neighbours() {
+    let dir = Dir::new("forget");
+    let store = open(&dir.0, 3).unwrap();
+    let timer = |instance: &str| TimerRecord {
+        instance: instance.into(),
+        timer: TimerId {
+            kind: TimerKind::Wait,
+            path: "nap".into(),
+            attempt: 0,
+        },
+        at: 5,
+    };
+    for shard in 0..3 {
+        let mut batch = ShardBatch::new(shard);
+        batch.arm_timer(&timer(&format!("w-{shard}")), None);
+        store
+            .apply_replicated(shard, vec![batch], vec![("applied", vec![1])])
+            .unwrap();
+        store
+            .log_append(shard, vec![(1, vec![7]), (2, vec![8])])
+            .unwrap();
+        store.put_raft_state(shard, "vote", &[1], true).unwrap();
+    }
+    let before: Vec<u64> = [0, 2]
+        .iter()
+        .map(|s| store.shard_digest(*s).unwrap())
+        .collect();
+    store.forget_group(1).unwrap();
+    assert!(store.timers(1).unwrap().is_empty());
+    assert_eq!(store.log_last(1).unwrap(), None);
+    assert_eq!(store.raft_state(1, "vote").unwrap(), None);
+    assert_eq!(store.raft_state(1, "applied").unwrap(), None);
+    let after: Vec<u64> = [0, 2]
+        .iter()
+        .map(|s| store.shard_digest(*s).unwrap())
+        .collect();
+    assert_eq!(before, after);
+    for shard in [0, 2] {
+        assert_eq!(store.timers(shard).unwrap().len(), 1);
+        assert_eq!(store.log_last(shard).unwrap().map(|(i, _)| i), Some(2));
+        assert_eq!(store.raft_state(shard, "vote").unwrap(), Some(vec![1]));
+    }
+    assert!(store.forget_group(META_GROUP).is_err());
 }
