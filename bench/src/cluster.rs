@@ -115,6 +115,16 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// SIGTERMs node `id` and waits until it has stopped.
+    pub fn terminate(&mut self, id: usize) -> anyhow::Result<()> {
+        if let Some(mut child) = self.children[id - 1].take() {
+            let pid = child.id().to_string();
+            Command::new("kill").args(["-TERM", &pid]).status()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
     /// SIGKILLs node `id`.
     pub fn kill(&mut self, id: usize) {
         if let Some(mut child) = self.children[id - 1].take() {
@@ -286,6 +296,9 @@ pub enum Operation {
     Join,
     /// With node 4 joined beforehand, node 2 is drained and removed.
     Drain,
+    /// Nodes 1, 2 and 3 are restarted in turn (SIGTERM: each hands off
+    /// what it leads; started again; the next waits until it leads again).
+    Restart,
 }
 
 impl LocalCluster {
@@ -337,8 +350,9 @@ fn node_view(view: &serde_json::Value, id: u64) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-/// Open-loop `noop` load at `rate` through nodes 1 and 3: `before` of it
-/// measured alone, then `during` of it while `operation` runs. Reports
+/// Open-loop `noop` load at `rate` (through nodes 1 and 3; through all
+/// three for a restart): `before` of it measured alone, then `during` of it
+/// while `operation` runs. Reports
 /// failed requests, the p99 before and during, and how long the
 /// operation took.
 pub async fn operate(
@@ -361,7 +375,11 @@ pub async fn operate(
     }
     let scenario = Scenario::Noop;
     let mut clients = Vec::new();
-    for id in [1, 3] {
+    let via: &[usize] = match operation {
+        Operation::Restart => &[1, 2, 3],
+        _ => &[1, 3],
+    };
+    for &id in via {
         for _ in 0..2 {
             clients.push(Client::connect(cluster.natives[id - 1].clone()).await?);
         }
@@ -415,6 +433,18 @@ pub async fn operate(
                     .send()
                     .await?
                     .error_for_status()?;
+            }
+            Operation::Restart => {
+                for id in 1..=3usize {
+                    eprintln!("\n  restarting node {id}");
+                    cluster.terminate(id)?;
+                    cluster.start(id)?;
+                    cluster
+                        .settled(id, settle, |v| {
+                            node_view(v, id as u64)["leads"].as_u64() > Some(0)
+                        })
+                        .await?;
+                }
             }
         }
         anyhow::Ok(began.elapsed())

@@ -154,8 +154,8 @@ enum Cmd {
     },
     /// Starts a local three-node cluster and offers open-loop `noop` load
     /// while an operator changes it (a node joins; a node is drained and
-    /// removed): failed requests, the p99 before and during, how long it
-    /// took.
+    /// removed; every node restarts in turn): failed requests, the p99
+    /// before and during, how long it took.
     Operate {
         /// The change.
         #[arg(long, value_enum)]

@@ -80,45 +80,83 @@ impl Worker {
         self
     }
 
-    /// Runs until the process ends, reconnecting when a node goes away.
+    /// Runs until the process ends, reconnecting when a node goes away and
+    /// following the cluster's members: a node that joins gets a stream, a
+    /// removed one loses its stream.
     pub async fn run(self) -> Result<(), Error> {
-        let members = members(&self.client).await;
         let types: Vec<String> = self.handlers.keys().cloned().collect();
         let handlers = Arc::new(self.handlers);
         let mut streams = tokio::task::JoinSet::new();
-        for addr in members {
-            let stream = NodeStream {
-                addr,
-                base: self.client.clone(),
-                name: self.name.clone(),
-                types: types.clone(),
-                handlers: handlers.clone(),
-                concurrency: self.concurrency,
-            };
-            streams.spawn(stream.run());
-        }
-        match streams.join_next().await {
-            Some(Ok(result)) => result,
-            Some(Err(e)) => Err(Error::Connection(e.to_string())),
-            None => Ok(()),
+        let mut open: HashMap<Option<String>, tokio::task::AbortHandle> = HashMap::new();
+        let mut refresh = tokio::time::interval(MEMBERS_REFRESH);
+        loop {
+            tokio::select! {
+                _ = refresh.tick() => {
+                    let Some(members) = members(&self.client).await else {
+                        if open.is_empty() {
+                            // Not answered yet: serve the client's own node meanwhile.
+                            open.insert(None, streams.spawn(NodeStream {
+                                addr: None,
+                                base: self.client.clone(),
+                                name: self.name.clone(),
+                                types: types.clone(),
+                                handlers: handlers.clone(),
+                                concurrency: self.concurrency,
+                            }.run()));
+                        }
+                        continue;
+                    };
+                    open.retain(|addr, stream| {
+                        let kept = members.contains(addr);
+                        if !kept {
+                            stream.abort();
+                        }
+                        kept
+                    });
+                    for addr in members {
+                        if open.contains_key(&addr) {
+                            continue;
+                        }
+                        let stream = NodeStream {
+                            addr: addr.clone(),
+                            base: self.client.clone(),
+                            name: self.name.clone(),
+                            types: types.clone(),
+                            handlers: handlers.clone(),
+                            concurrency: self.concurrency,
+                        };
+                        open.insert(addr, streams.spawn(stream.run()));
+                    }
+                }
+                Some(ended) = streams.join_next() => match ended {
+                    Ok(result) => return result,
+                    Err(e) if e.is_cancelled() => {}
+                    Err(e) => return Err(Error::Connection(e.to_string())),
+                },
+            }
         }
     }
 }
 
-/// The native addresses of the cluster's members (`None`: the client's own
-/// node, when it is alone or does not say).
-async fn members(client: &Client) -> Vec<Option<String>> {
+/// How often a worker re-reads the cluster's members.
+const MEMBERS_REFRESH: Duration = Duration::from_secs(5);
+
+/// The native addresses of the cluster's members, removed ones aside
+/// (`None`: the client's own node, when it is alone or does not say);
+/// `None` when the node did not answer.
+async fn members(client: &Client) -> Option<Vec<Option<String>>> {
     let cluster = match client.request(Request::Cluster, true).await {
-        Ok(Response::Json(text)) => serde_json::from_str::<Json>(&text).unwrap_or_default(),
-        _ => Json::Null,
+        Ok(Response::Json(text)) => serde_json::from_str::<Json>(&text).ok()?,
+        _ => return None,
     };
     let addrs: Vec<Option<String>> = cluster["nodes"]
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|n| n["membership"] != "removed")
         .filter_map(|n| n["native_addr"].as_str().map(|a| Some(a.to_owned())))
         .collect();
-    if addrs.len() > 1 { addrs } else { vec![None] }
+    Some(if addrs.len() > 1 { addrs } else { vec![None] })
 }
 
 /// One node's task stream.

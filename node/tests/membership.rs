@@ -19,6 +19,15 @@ const NODES: usize = 5;
 const FIRST: usize = 3;
 const COOKIE: &str = "membership-test-cookie";
 
+const WORKED: &str = r#"
+name: worked
+version: 1
+steps:
+  - { id: shout, task: upper, input: { text: "${input.text}" }, output: shouted }
+output:
+  text: "${shouted.text}"
+"#;
+
 /// Three members and two spares.
 fn write_config(dir: &Path) -> (PathBuf, Vec<String>) {
     let mut text = format!(
@@ -162,6 +171,20 @@ async fn nodes_join_drain_and_leave_under_load_without_a_failed_start() {
         })
     };
 
+    // A worker given node 1 before the joins must serve the shards the new
+    // nodes come to lead.
+    cluster.api(1).deploy(WORKED).await;
+    let native = cluster.nodes[0].as_ref().unwrap().native.clone();
+    let client = troupe_client::Client::connect(native).await.unwrap();
+    let worker = troupe_client::Worker::new(&client, "upper").handle("upper", |task| async move {
+        let text = task.input["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_uppercase();
+        Ok(json!({ "text": text }))
+    });
+    let worker = tokio::spawn(worker.run());
+
     // Two spares join; the placement gives them replicas and leaders.
     cluster.join(4);
     cluster.join(5);
@@ -187,6 +210,27 @@ async fn nodes_join_drain_and_leave_under_load_without_a_failed_start() {
             !here["active_here"].as_array().unwrap().is_empty(),
             "node {id} runs the shards it leads: {here}"
         );
+    }
+
+    let worked: Vec<String> = (0..SHARDS)
+        .map(|shard| {
+            (0..)
+                .map(|k| format!("worked-{k}"))
+                .find(|id| troupe_protocol::shard_of(id, SHARDS) == shard)
+                .unwrap()
+        })
+        .collect();
+    for id in &worked {
+        assert!(
+            cluster
+                .api(2)
+                .start_retrying("worked", id, json!({"text": id}))
+                .await
+        );
+    }
+    for id in &worked {
+        let view = cluster.api(1).wait_status(id, "completed").await;
+        assert_eq!(view["output"]["text"], id.to_uppercase(), "{view}");
     }
 
     // Draining node 2 moves everything off it; it keeps serving meanwhile.
@@ -235,6 +279,7 @@ async fn nodes_join_drain_and_leave_under_load_without_a_failed_start() {
     })
     .await;
 
+    worker.abort();
     stop.store(true, Ordering::Relaxed);
     let acknowledged = load.await.unwrap();
     assert!(acknowledged.len() > 50, "load ran: {}", acknowledged.len());
@@ -242,6 +287,66 @@ async fn nodes_join_drain_and_leave_under_load_without_a_failed_start() {
     for (n, id) in acknowledged.iter().enumerate() {
         cluster
             .api(up[n % up.len()])
+            .wait_status(id, "completed")
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_under_load_fails_no_start() {
+    let dir = TempDir::new("rolling");
+    let mut cluster = Cluster::start(dir.path()).await;
+    eventually(30, "every shard led", || async {
+        settled(&cluster.status(1).await, 3, &[]).then_some(())
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (bases, stop) = (cluster.bases.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                // Round robin over the members, as a load balancer would.
+                let api = Api::new(&format!("http://{}", bases[n % FIRST]));
+                let id = format!("rr-{n}");
+                assert!(
+                    api.start_retrying("flow", &id, json!({})).await,
+                    "start {id} was never acknowledged"
+                );
+                acknowledged.push(id);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            acknowledged
+        })
+    };
+    for id in [2, 3, 1] {
+        let before = cluster.status(id).await;
+        let led = node(&before, id as u64)["leads"].as_u64().unwrap_or(0);
+        cluster.nodes[id - 1].take().unwrap().terminate();
+        let said = std::fs::read_to_string(dir.path().join(format!("node-{id}.log"))).unwrap();
+        if led > 0 {
+            assert!(
+                said.contains("leadership handed off"),
+                "node {id} handed off: {said}"
+            );
+        }
+        assert!(cluster.try_start(id, &[]), "node {id} starts again");
+        // Its preferred leaderships come back to it by transfer.
+        eventually(60, "the restarted node leads again", || async {
+            let view = cluster.status(id).await;
+            let leads = node(&view, id as u64)["leads"].as_u64().unwrap_or(0);
+            (settled(&view, 3, &[]) && leads >= led.min(1)).then_some(())
+        })
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = load.await.unwrap();
+    assert!(acknowledged.len() > 20, "load ran: {}", acknowledged.len());
+    for (n, id) in acknowledged.iter().enumerate() {
+        cluster
+            .api(1 + n % FIRST)
             .wait_status(id, "completed")
             .await;
     }

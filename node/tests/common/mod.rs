@@ -125,6 +125,25 @@ impl NodeProcess {
         kb * 1024
     }
 
+    /// SIGTERM, and waits for the node to stop (it hands off what it
+    /// leads first).
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "node {pid} did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, no goodbye.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
