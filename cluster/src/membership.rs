@@ -480,7 +480,17 @@ impl Cluster {
     /// On the metadata leader: admits `record` to the cluster. It joins
     /// the metadata group as a learner, catches up, becomes a voter, and is
     /// then active: the placement loop gives it replicas and leaders.
-    pub async fn join(&self, record: MemberRecord) -> Result<ClusterMap, ChangeError> {
+    pub async fn join(
+        &self,
+        record: MemberRecord,
+        cookie_digest: u64,
+    ) -> Result<ClusterMap, ChangeError> {
+        if !self.transport.same_cluster(cookie_digest) {
+            return Err(ChangeError::Refused(format!(
+                "node {} presents another cluster cookie; start it with the cluster's cookie",
+                record.id
+            )));
+        }
         self.meta_leader()?;
         let _one = self.map_changes.lock().await;
         let map = self.current_map()?;

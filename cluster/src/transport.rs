@@ -94,9 +94,11 @@ enum Frame {
         /// Digest of the cluster's cookie (0: none).
         cluster: u64,
     },
-    /// The answer to a hello: the callee's incarnation.
+    /// The answer to a hello: the callee's incarnation and cookie digest
+    /// (the caller checks the callee belongs to its cluster too).
     Welcome {
         incarnation: u64,
+        cluster: u64,
     },
     /// The answer to a hello from a member that came back with another data dir.
     Refused {
@@ -223,7 +225,13 @@ async fn hello(stream: &mut TcpStream, me: NodeId, to: NodeId, identity: &Identi
         return Handshake::Unreachable(e.to_string());
     }
     match tokio::time::timeout(Duration::from_secs(2), read_frame(stream)).await {
-        Ok(Ok(Frame::Welcome { incarnation })) => match identity.check(to, incarnation) {
+        Ok(Ok(Frame::Welcome { cluster, .. })) if cluster != identity.cluster => {
+            Handshake::Refused(format!(
+                "node {to} answers with another cluster cookie; every member must be started \
+                 with the cluster's cookie"
+            ))
+        }
+        Ok(Ok(Frame::Welcome { incarnation, .. })) => match identity.check(to, incarnation) {
             Ok(()) => Handshake::Welcome,
             Err(reason) => Handshake::Refused(reason),
         },
@@ -301,6 +309,11 @@ impl Transport {
             );
         }
         self.links.lock().expect("links lock").remove(&peer);
+    }
+
+    /// Whether `digest` is this cluster's cookie digest.
+    pub fn same_cluster(&self, digest: u64) -> bool {
+        digest == self.identity.cluster
     }
 
     fn is_removed(&self, peer: NodeId) -> bool {
@@ -606,6 +619,7 @@ async fn serve_connection(transport: Arc<Transport>, mut stream: TcpStream) {
             }
             let welcome = Frame::Welcome {
                 incarnation: transport.identity.incarnation,
+                cluster: transport.identity.cluster,
             };
             if write_frame(&mut stream, &welcome).await.is_err() {
                 return;

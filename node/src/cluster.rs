@@ -112,8 +112,10 @@ fn control_members(
 }
 
 /// Asks the cluster, through member `through` (its HTTP address), to admit
-/// this node, until it is admitted or refused for good.
-pub async fn join(through: String, record: MemberRecord) {
+/// this node (which proves it holds the cluster's cookie by its digest, as
+/// the Raft handshake does), until it is admitted or refused for good.
+pub async fn join(through: String, record: MemberRecord, cookie: Option<String>) {
+    let digest = cookie.map_or(0, |c| troupe_protocol::stable_hash(c.as_bytes()));
     let http = reqwest::Client::new();
     let url = format!("http://{through}/v1/cluster/join");
     loop {
@@ -125,6 +127,7 @@ pub async fn join(through: String, record: MemberRecord) {
                 "http_addr": record.http_addr,
                 "native_addr": record.native_addr,
                 "control_addr": record.control_addr,
+                "cluster": digest,
             }))
             .timeout(std::time::Duration::from_secs(90))
             .send()
@@ -673,7 +676,10 @@ impl Peers {
                     native_addr: field("native_addr")?,
                     control_addr: body["control_addr"].as_str().map(str::to_owned),
                 };
-                self.cluster.join(record).await
+                let digest = body["cluster"].as_u64().ok_or_else(|| {
+                    invalid("join: cluster (the cookie's digest) is required".into())
+                })?;
+                self.cluster.join(record, digest).await
             }
             ["nodes", node, action] => {
                 let node: u64 = node

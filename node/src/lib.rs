@@ -180,7 +180,11 @@ impl Node {
                 native_addr: native_addr.to_string(),
                 control_addr: me.control_addr.map(|a| a.to_string()),
             };
-            tokio::spawn(cluster::join(through.clone(), record));
+            tokio::spawn(cluster::join(
+                through.clone(),
+                record,
+                section.cookie.clone(),
+            ));
         }
         tracing::info!(node_id = config.node_id, %http_addr, %native_addr, shards = config.shards, "node started");
         Ok(Self {

@@ -171,6 +171,35 @@ async fn nodes_join_drain_and_leave_under_load_without_a_failed_start() {
         })
     };
 
+    // A join must name the node's addresses and prove the cluster's cookie.
+    let (status, body) = cluster
+        .api(2)
+        .post("/v1/cluster/join", json!({"id": 9}))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    let stranger = json!({"id": 9, "raft_addr": "127.0.0.1:1", "http_addr": "127.0.0.1:2",
+                          "native_addr": "127.0.0.1:3", "cluster": 12345});
+    let (status, body) = cluster.api(2).post("/v1/cluster/join", stranger).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("invalid_state")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("cookie"),
+        "{body}"
+    );
+    let (status, body) = cluster.post(1, "/v1/cluster/nodes/7/drain").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("invalid_state")),
+        "{body}"
+    );
+
     // A worker given node 1 before the joins must serve the shards the new
     // nodes come to lead.
     cluster.api(1).deploy(WORKED).await;
