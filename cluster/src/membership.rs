@@ -545,15 +545,26 @@ impl Cluster {
         Ok(active)
     }
 
-    /// On the metadata leader: drains member `node`: the placement loop
-    /// moves its replicas and leaderships to the others.
-    pub async fn drain(&self, node: NodeId) -> Result<ClusterMap, ChangeError> {
+    /// On the metadata leader, one change at a time: the map and member
+    /// `node` in it.
+    async fn member_change(
+        &self,
+        node: NodeId,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, ClusterMap, MemberRecord), ChangeError> {
         self.meta_leader()?;
-        let _one = self.map_changes.lock().await;
+        let one = self.map_changes.lock().await;
         let map = self.current_map()?;
         let member = map
             .member(node)
-            .ok_or_else(|| ChangeError::Refused(format!("node {node} is not a member")))?;
+            .ok_or_else(|| ChangeError::Refused(format!("node {node} is not a member")))?
+            .clone();
+        Ok((one, map, member))
+    }
+
+    /// On the metadata leader: drains member `node`: the placement loop
+    /// moves its replicas and leaderships to the others.
+    pub async fn drain(&self, node: NodeId) -> Result<ClusterMap, ChangeError> {
+        let (_one, map, member) = self.member_change(node).await?;
         match member.state {
             MemberState::Draining => return Ok(map),
             MemberState::Active => {}
@@ -576,7 +587,7 @@ impl Cluster {
             &map,
             MemberRecord {
                 state: MemberState::Draining,
-                ..member.clone()
+                ..member
             },
         );
         self.write_map(&draining).await?;
@@ -589,13 +600,7 @@ impl Cluster {
     /// others from the survivors). A member that is up and holds replicas
     /// must be drained first.
     pub async fn remove(&self, node: NodeId) -> Result<ClusterMap, ChangeError> {
-        self.meta_leader()?;
-        let _one = self.map_changes.lock().await;
-        let map = self.current_map()?;
-        let member = map
-            .member(node)
-            .ok_or_else(|| ChangeError::Refused(format!("node {node} is not a member")))?
-            .clone();
+        let (_one, map, member) = self.member_change(node).await?;
         if member.state == MemberState::Removed {
             return Ok(map);
         }

@@ -80,6 +80,29 @@ fn with_shards(path_and_query: &str, shards: &[u32]) -> String {
     format!("{path_and_query}{separator}shards={}", list.join(","))
 }
 
+/// The parts of a request that spans the shards: this node's (for its own
+/// shards, or for all when it holds all) from `local`, and each other
+/// holder's from `ask` (given the node and the `shards=` value).
+async fn parts<F, Fut, A, AFut>(peers: &Peers, local: F, ask: A) -> api::Result<Vec<Json>>
+where
+    F: FnOnce(Option<Vec<u32>>) -> Fut,
+    Fut: Future<Output = api::Result<Json>>,
+    A: Fn(u64, &[u32]) -> AFut,
+    AFut: Future<Output = api::Result<Json>>,
+{
+    let (mine, elsewhere) = peers.shard_holders()?;
+    if elsewhere.is_empty() {
+        return Ok(vec![local(None).await?]);
+    }
+    let remote = elsewhere.iter().map(|(node, shards)| ask(*node, shards));
+    let (here, there) = tokio::join!(local(Some(mine)), futures_util::future::join_all(remote));
+    let mut parts = vec![here?];
+    for part in there {
+        parts.push(part?);
+    }
+    Ok(parts)
+}
+
 /// One page of `listing` over every shard: `local` reads this node's
 /// shards (all of them when it holds all), `path_and_query` asks the
 /// other holders for theirs.
@@ -94,19 +117,11 @@ where
     F: FnOnce(Option<Vec<u32>>) -> Fut,
     Fut: Future<Output = api::Result<Json>>,
 {
-    let (mine, elsewhere) = peers.shard_holders()?;
-    if elsewhere.is_empty() {
-        return local(None).await;
-    }
-    let remote = elsewhere.iter().map(|(node, shards)| {
+    let parts = parts(peers, local, |node, shards| {
         let path = with_shards(path_and_query, shards);
-        async move { peers.get_json(*node, &path).await }
-    });
-    let (here, there) = tokio::join!(local(Some(mine)), futures_util::future::join_all(remote));
-    let mut parts = vec![here?];
-    for part in there {
-        parts.push(part?);
-    }
+        async move { peers.get_json(node, &path).await }
+    })
+    .await?;
     Ok(merge(listing, parts, limit))
 }
 
@@ -138,23 +153,19 @@ where
     F: FnOnce(Option<Vec<u32>>) -> Fut,
     Fut: Future<Output = api::Result<Json>>,
 {
-    let (mine, elsewhere) = peers.shard_holders()?;
-    if elsewhere.is_empty() {
-        return local(None).await;
-    }
     let path = format!("/v1/events/{}", encode(name));
-    let remote = elsewhere.iter().map(|(node, shards)| {
+    let mut parts = parts(peers, local, |node, shards| {
         let path = with_shards(&path, shards);
-        async move { peers.post_json(*node, &path, body).await }
-    });
-    let (here, there) = tokio::join!(local(Some(mine)), futures_util::future::join_all(remote));
-    let mut answer = here?;
+        async move { peers.post_json(node, &path, body).await }
+    })
+    .await?
+    .into_iter();
+    let mut answer = parts.next().unwrap_or_default();
     let (mut delivered, mut duplicate) = (
         answer["delivered"].as_u64().unwrap_or(0),
         answer["duplicate"].as_bool().unwrap_or(false),
     );
-    for part in there {
-        let part = part?;
+    for part in parts {
         delivered += part["delivered"].as_u64().unwrap_or(0);
         duplicate &= part["duplicate"].as_bool().unwrap_or(false);
     }

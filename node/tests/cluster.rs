@@ -216,20 +216,11 @@ async fn any_node_serves_and_a_partitioned_leader_never_acknowledges() {
     }
 }
 
-const WORKED: &str = r#"
-name: worked
-version: 1
-steps:
-  - { id: shout, task: upper, input: { text: "${input.text}" }, output: shouted }
-output:
-  text: "${shouted.text}"
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_given_one_node_serves_every_shard() {
     let dir = TempDir::new("cluster-worker");
     let members = cluster(&dir).await;
-    members[0].api.deploy(WORKED).await;
+    members[0].api.deploy(common::WORKED).await;
     leaders(&members).await;
     let client = troupe_client::Client::connect(members[0].node.native_addr().to_string())
         .await

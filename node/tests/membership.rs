@@ -19,15 +19,6 @@ const NODES: usize = 5;
 const FIRST: usize = 3;
 const COOKIE: &str = "membership-test-cookie";
 
-const WORKED: &str = r#"
-name: worked
-version: 1
-steps:
-  - { id: shout, task: upper, input: { text: "${input.text}" }, output: shouted }
-output:
-  text: "${shouted.text}"
-"#;
-
 /// Three members and two spares.
 fn write_config(dir: &Path) -> (PathBuf, Vec<String>) {
     let mut text = format!(
@@ -202,7 +193,7 @@ async fn nodes_join_drain_and_leave_under_load_without_a_failed_start() {
 
     // A worker given node 1 before the joins must serve the shards the new
     // nodes come to lead.
-    cluster.api(1).deploy(WORKED).await;
+    cluster.api(1).deploy(common::WORKED).await;
     let native = cluster.nodes[0].as_ref().unwrap().native.clone();
     let client = troupe_client::Client::connect(native).await.unwrap();
     let worker = troupe_client::Worker::new(&client, "upper").handle("upper", |task| async move {

@@ -348,6 +348,16 @@ impl Api {
     }
 }
 
+/// One task of type `upper` (a worker upper-cases the text).
+pub const WORKED: &str = r#"
+name: worked
+version: 1
+steps:
+  - { id: shout, task: upper, input: { text: "${input.text}" }, output: shouted }
+output:
+  text: "${shouted.text}"
+"#;
+
 /// A loopback port free right now (for configs that name their peers' ports).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
