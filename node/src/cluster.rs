@@ -49,6 +49,14 @@ pub async fn start(
             config.node_id
         )
     })?;
+    // A spare joins once; after that its data dir holds the cluster map.
+    let joined = store.cluster_map()?.is_some();
+    if section.member(config.node_id).is_none() && config.join.is_none() && !joined {
+        anyhow::bail!(
+            "node {} is a spare: start it with --join ADDR (a member's HTTP address)",
+            config.node_id
+        );
+    }
     let cluster_config = ClusterConfig {
         node_id: config.node_id,
         members: section

@@ -415,15 +415,6 @@ impl Config {
                     ),
                 );
             }
-            if cluster.member(self.node_id).is_none() && self.join.is_none() {
-                return invalid(
-                    "join",
-                    &format!(
-                        "node {} is a spare: start it with --join ADDR (a member's HTTP address)",
-                        self.node_id
-                    ),
-                );
-            }
             let mut ids: Vec<u64> = cluster
                 .members
                 .iter()

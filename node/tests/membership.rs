@@ -205,6 +205,14 @@ async fn nodes_join_drain_and_leave_under_load_without_a_failed_start() {
     });
     let worker = tokio::spawn(worker.run());
 
+    // A spare that never joined does not start on its own.
+    assert!(
+        !cluster.try_start(5, &[]),
+        "a spare starts only with --join"
+    );
+    let said = std::fs::read_to_string(dir.path().join("node-5.log")).unwrap();
+    assert!(said.contains("start it with --join"), "{said}");
+
     // Two spares join; the placement gives them replicas and leaders.
     cluster.join(4);
     cluster.join(5);
@@ -231,6 +239,15 @@ async fn nodes_join_drain_and_leave_under_load_without_a_failed_start() {
             "node {id} runs the shards it leads: {here}"
         );
     }
+
+    // A joined node restarts like any member, without --join.
+    cluster.nodes[3].take().unwrap().kill();
+    assert!(cluster.try_start(4, &[]), "node 4 restarts");
+    eventually(60, "node 4 back", || async {
+        let view = cluster.status(4).await;
+        (node(&view, 4)["state"] == "active" && settled(&view, 3, &[])).then_some(())
+    })
+    .await;
 
     let worked: Vec<String> = (0..SHARDS)
         .map(|shard| {
