@@ -38,6 +38,12 @@ Any node takes any request:
 
 Kill a node (kill -9 <pid>) and watch its shards move; restart it with
   $bin/troupe-node --config $config --node-id N
+Grow it: a fourth node joins and takes its share of shards
+  $bin/troupe-node --config $config --node-id 4 --join 127.0.0.1:8081 &
+Drain, remove, restart every node in turn (docs/operations.md):
+  $bin/troupe --addr 127.0.0.1:8081 cluster drain 2
+  $bin/troupe --addr 127.0.0.1:8081 cluster remove 2
+  scripts/rolling-restart.sh $config 1 3 4
 Load it with:
   $bin/troupe-bench run --cluster 127.0.0.1:7071,127.0.0.1:7072,127.0.0.1:7073 --scenario noop --concurrency 64 --duration 30s
 Stop with Ctrl-C.
