@@ -1,11 +1,13 @@
 //! Three `troupe-node` processes as a replicated cluster on loopback:
 //! under a steady stream of starts through every node, the node leading the
 //! most shards is SIGKILLed and restarted; every acknowledged workflow
-//! finishes, replicas end identical, and with two of three nodes down
-//! nothing is acknowledged until one returns.
+//! finishes (signals, worker tasks and sagas across the kill included,
+//! compensations in reverse order), replicas end identical, and with two of
+//! three nodes down nothing is acknowledged until one returns.
 
 mod common;
 
+use common::world::World;
 use common::{Api, NodeProcess, TempDir, eventually, free_port, nap_flow};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -116,11 +118,87 @@ impl Cluster {
     }
 }
 
+/// A saga whose last step fails for good: the two before it are
+/// compensated, the later first.
+fn saga(world: &World) -> String {
+    let call = |path: &str| {
+        format!(
+            r#"{{ method: POST, url: "{}{path}", body: {{ wf: "${{input.wf}}" }} }}"#,
+            world.base
+        )
+    };
+    format!(
+        r#"
+name: saga
+version: 1
+steps:
+  - {{ id: flight, task: http, input: {}, compensate: {{ task: http, input: {} }} }}
+  - {{ id: hotel, task: http, input: {}, compensate: {{ task: http, input: {} }} }}
+  - {{ id: car, task: http, input: {} }}
+"#,
+        call("/ok/flight"),
+        call("/ok/undo-flight"),
+        call("/ok/hotel"),
+        call("/ok/undo-hotel"),
+        call("/status/400/car"),
+    )
+}
+
+const SIGNALED: &str = r#"
+name: signaled
+version: 1
+steps:
+  - { id: go, await: go, timeout: 5m, output: go }
+output: { go: "${go}" }
+"#;
+
+/// Sends signal `go` to `id` through `api`, retrying while its shard has no leader.
+async fn signal_retrying(api: &Api, id: &str) {
+    eventually(30, "the signal is accepted", || async {
+        let (status, body) = api
+            .post(
+                &format!("/v1/workflows/{id}/signals/go"),
+                json!({"id": format!("go-{id}"), "payload": {"who": id}}),
+            )
+            .await;
+        assert!(
+            status == 202 || status == 503,
+            "signal {id}: {status} {body}"
+        );
+        (status == 202).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_leader_loses_nothing_acknowledged() {
     let dir = TempDir::new("cluster-proc");
     let mut cluster = Cluster::start(dir.path()).await;
     let leaders = cluster.leaders().await;
+
+    // Besides the stream of starts: instances waiting for a signal, worker
+    // tasks and sagas, each started before the kill and finished after it.
+    let world = World::start().await;
+    let api = cluster.api(1);
+    api.deploy(SIGNALED).await;
+    api.deploy(common::WORKED).await;
+    api.deploy(&saga(&world)).await;
+    let native = cluster.nodes[0].as_ref().unwrap().native.clone();
+    let client = troupe_client::Client::connect(native).await.unwrap();
+    let worker = troupe_client::Worker::new(&client, "upper").handle("upper", |task| async move {
+        let text = task.input["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_uppercase();
+        Ok(json!({ "text": text }))
+    });
+    let worker = tokio::spawn(worker.run());
+    let (mut signaled, mut worked, mut sagas) = (Vec::new(), Vec::new(), Vec::new());
+    for n in 0..8 {
+        let id = format!("sig-{n}");
+        assert!(api.start_retrying("signaled", &id, json!({})).await);
+        signaled.push(id);
+    }
 
     // Steady starts through every node while the busiest leader dies.
     let victim = (1..=3u64)
@@ -133,6 +211,23 @@ async fn a_killed_leader_loses_nothing_acknowledged() {
         }
         let up = cluster.up();
         let via = up[n % up.len()];
+        if n % 20 == 0 {
+            let (w, g) = (format!("worked-{n}"), format!("saga-{n}"));
+            assert!(
+                cluster
+                    .api(via)
+                    .start_retrying("worked", &w, json!({"text": w}))
+                    .await
+            );
+            assert!(
+                cluster
+                    .api(via)
+                    .start_retrying("saga", &g, json!({"wf": g}))
+                    .await
+            );
+            worked.push(w);
+            sagas.push(g);
+        }
         let id = format!("wf-{n}");
         if cluster
             .api(via)
@@ -163,6 +258,35 @@ async fn a_killed_leader_loses_nothing_acknowledged() {
 
     // Every acknowledged workflow finishes, read through any survivor.
     let reader = cluster.api(cluster.up()[0]);
+    for id in &signaled {
+        signal_retrying(&reader, id).await;
+    }
+    for id in &signaled {
+        let view = reader.wait_status(id, "completed").await;
+        assert_eq!(view["output"]["go"]["who"], id.as_str(), "{view}");
+    }
+    for id in &worked {
+        let view = reader.wait_status(id, "completed").await;
+        assert_eq!(view["output"]["text"], id.to_uppercase(), "{view}");
+    }
+    for id in &sagas {
+        reader.wait_status(id, "compensated").await;
+        // Calls are at least once across a failover; their order holds:
+        // the failed step, then every undo of the hotel before any undo of
+        // the flight.
+        let calls = world.calls_for(id);
+        let at = |p: &str| -> Vec<usize> {
+            let at: Vec<usize> = (0..calls.len()).filter(|i| calls[*i] == p).collect();
+            assert!(!at.is_empty(), "{id} never called {p}: {calls:?}");
+            at
+        };
+        let (flight, hotel, car) = (at("/ok/flight"), at("/ok/hotel"), at("/status/400/car"));
+        let (undo_hotel, undo_flight) = (at("/ok/undo-hotel"), at("/ok/undo-flight"));
+        assert!(flight[0] < hotel[0] && hotel[0] < car[0], "{id}: {calls:?}");
+        assert!(car.last() < undo_hotel.first(), "{id}: {calls:?}");
+        assert!(undo_hotel.last() < undo_flight.first(), "{id}: {calls:?}");
+    }
+    worker.abort();
     for id in &acknowledged {
         eventually(30, "acknowledged workflow completes", || async {
             let (status, view) = reader.get(&format!("/v1/workflows/{id}")).await;
