@@ -87,8 +87,7 @@ pub(crate) async fn follow_map(cluster: Weak<Cluster>) {
         let Some(map) = cluster.cluster_map() else {
             continue;
         };
-        if map.epoch != seen {
-            cluster.apply_map(&map).await;
+        if map.epoch != seen && cluster.apply_map(&map).await {
             seen = map.epoch;
         }
         cluster.learn_leaders(&map).await;
@@ -118,8 +117,9 @@ async fn run_moves(cluster: Weak<Cluster>) {
 
 impl Cluster {
     /// Applies a map here: members' addresses, removed members refused,
-    /// replicas placed here started.
-    async fn apply_map(self: &Arc<Self>, map: &ClusterMap) {
+    /// replicas placed here started; false when one failed to start (the
+    /// next poll tries again).
+    async fn apply_map(self: &Arc<Self>, map: &ClusterMap) -> bool {
         let me = self.config.node_id;
         for member in &map.members {
             if member.state == MemberState::Removed {
@@ -136,14 +136,17 @@ impl Cluster {
                 node = me,
                 "this node was removed from the cluster; stop it (its data dir cannot rejoin)"
             );
-            return;
+            return true;
         }
+        let mut started = true;
         for shard in map.shards_on(me) {
             if let Err(e) = self.add_group(shard, false).await {
                 tracing::error!(shard_id = shard, error = %e, "starting a placed replica failed");
+                started = false;
             }
         }
         tracing::info!(node = me, epoch = map.epoch, "cluster map applied");
+        started
     }
 
     /// The view of `shard` from its leader, asking `nodes` and then the
