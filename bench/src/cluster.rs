@@ -170,7 +170,11 @@ impl Drop for LocalCluster {
         for id in 1..=4 {
             self.kill(id);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("KEEP_BENCH_CLUSTER").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("  cluster data and logs kept in {}", self.dir.display());
+        }
     }
 }
 

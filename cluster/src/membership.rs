@@ -43,11 +43,14 @@ pub enum ChangeError {
 /// How often the map is read for changes.
 const MAP_POLL: Duration = Duration::from_millis(250);
 /// How often replicas are moved and the placement stepped.
-const MOVE_ROUND: Duration = Duration::from_secs(1);
+const MOVE_ROUND: Duration = Duration::from_millis(500);
 /// Longest wait for one membership operation of a group.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a joining node to catch up the metadata group.
 const JOIN_CATCH_UP: Duration = Duration::from_secs(60);
+/// A replica this close to the leader's last entry takes a leadership
+/// transfer.
+const TRANSFER_SLACK: u64 = 16;
 /// A learner this close to the leader's last entry is caught up.
 const CAUGHT_UP_SLACK: u64 = 64;
 /// Longest wait for led groups to elect another leader at a hand-off.
@@ -318,12 +321,14 @@ impl Cluster {
         }
         if target[0] != me && self.is_up(target[0]) {
             let metrics = raft.metrics().borrow_watched().clone();
-            let caught_up = metrics
+            // The target waits to flush up to the leader's last entry
+            // before it stands; one a few entries behind is close enough.
+            let matched = metrics
                 .replication
                 .as_ref()
                 .and_then(|r| r.get(&target[0]).cloned().flatten())
-                .map(|l| l.index())
-                == metrics.last_log_index;
+                .map_or(0, |l| l.index());
+            let caught_up = matched + TRANSFER_SLACK >= metrics.last_log_index.unwrap_or(0);
             if caught_up {
                 self.transfer(shard, target[0], transfers).await;
             }

@@ -27,6 +27,16 @@ use troupe_protocol::{
 /// How long a client should wait after an overload answer.
 const RETRY_AFTER_MS: u64 = 200;
 
+/// The wait a retryable answer advises: an overloaded node needs time; a
+/// shard changing leader has a new one within a few tens of ms, so the
+/// client's own short backoff applies.
+fn retry_after(code: ErrorCode) -> Option<u64> {
+    match code {
+        ErrorCode::Unavailable | ErrorCode::NotLeader => None,
+        other => other.is_retryable().then_some(RETRY_AFTER_MS),
+    }
+}
+
 /// What every connection shares.
 #[derive(Clone)]
 pub struct NativeState {
@@ -234,7 +244,7 @@ async fn push_tasks(
 
 fn answer(id: u64, result: api::Result<Response>) -> ServerFrame {
     let response = result.unwrap_or_else(|e| {
-        let retry_after_ms = e.code.is_retryable().then_some(RETRY_AFTER_MS);
+        let retry_after_ms = retry_after(e.code);
         Response::Error(WireError {
             code: e.code.as_str().to_owned(),
             message: e.message,

@@ -78,7 +78,6 @@ impl NodeProcess {
             .append(true)
             .open(log)
             .unwrap();
-        let mut copy = log.try_clone().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_troupe-node"))
             .args(["--config", config.to_str().unwrap()])
             .args(args)
@@ -88,12 +87,9 @@ impl NodeProcess {
             .expect("spawn troupe-node");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        // The node logs to stdout: every line goes to the log file too.
         std::thread::spawn(move || {
-            use std::io::Write;
             let mut native = String::new();
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = writeln!(copy, "{line}");
                 if let Some(addr) = line.strip_prefix("troupe-node native protocol on ") {
                     native = addr.to_owned();
                 }
