@@ -58,6 +58,54 @@ const HAND_OFF_WAIT: Duration = Duration::from_secs(3);
 /// Least time between two leadership transfers of one shard.
 const TRANSFER_PAUSE: Duration = Duration::from_secs(3);
 
+/// What a group's leader knows of its replicas' progress.
+struct Progress {
+    metrics: openraft::RaftMetrics<crate::types::TypeConfig>,
+    /// How recently a replica must have answered to count as there.
+    within: Duration,
+}
+
+impl Progress {
+    fn of(raft: &crate::types::Raft, within: Duration) -> Self {
+        Self {
+            metrics: raft.metrics().borrow_watched().clone(),
+            within,
+        }
+    }
+
+    /// The last entry `node` is known to hold.
+    fn matched(&self, node: NodeId) -> u64 {
+        self.metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&node).cloned().flatten())
+            .map_or(0, |l| l.index())
+    }
+
+    fn last(&self) -> u64 {
+        self.metrics.last_log_index.unwrap_or(0)
+    }
+
+    /// Whether `node` acknowledged a heartbeat or an append lately: a
+    /// replica that does not answer (stopped, cut off) never gets
+    /// leadership, whatever it held when it was last heard.
+    fn answering(&self, node: NodeId) -> bool {
+        use openraft::Instant as _;
+        self.metrics
+            .heartbeat
+            .as_ref()
+            .and_then(|h| h.get(&node).cloned().flatten())
+            .is_some_and(|at| at.elapsed() < self.within)
+    }
+
+    /// Whether `node` can take leadership now: it answers, and it is at
+    /// most [`TRANSFER_SLACK`] entries behind (the target flushes up to
+    /// the leader's last entry before it stands).
+    fn ready_to_lead(&self, node: NodeId) -> bool {
+        self.answering(node) && self.matched(node) + TRANSFER_SLACK >= self.last()
+    }
+}
+
 /// Whether `me` is in the membership of `group` stored here (a replica a
 /// move has not finished with yet).
 pub(crate) fn stored_member(store: &Store, group: GroupId, me: NodeId) -> bool {
@@ -278,25 +326,20 @@ impl Cluster {
             return Ok(());
         }
         if voters != wanted {
-            let metrics = raft.metrics().borrow_watched().clone();
-            let last = metrics.last_log_index.unwrap_or(0);
-            let matched = |node: &NodeId| {
-                metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(node).cloned().flatten())
-                    .map_or(0, |l| l.index())
-            };
+            let progress = Progress::of(raft, self.lease());
             if !wanted
                 .difference(&voters)
-                .all(|n| matched(n) + CAUGHT_UP_SLACK >= last)
+                .all(|n| progress.matched(*n) + CAUGHT_UP_SLACK >= progress.last())
             {
                 return Ok(());
             }
             if !wanted.contains(&me) {
                 // Hand the shard to a replica that stays; it finishes the move.
-                if let Some(to) = voters.intersection(&wanted).next() {
+                let stays: Vec<NodeId> = voters.intersection(&wanted).copied().collect();
+                if let Some(to) = stays.iter().find(|n| progress.ready_to_lead(**n)) {
                     self.transfer(shard, *to, transfers).await;
+                }
+                if !stays.is_empty() {
                     return Ok(());
                 }
             }
@@ -319,21 +362,16 @@ impl Cluster {
                 .map_err(|e| e.to_string())?;
             return Ok(());
         }
-        if target[0] != me && self.is_up(target[0]) {
-            let metrics = raft.metrics().borrow_watched().clone();
-            // The target waits to flush up to the leader's last entry
-            // before it stands; one a few entries behind is close enough.
-            let matched = metrics
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&target[0]).cloned().flatten())
-                .map_or(0, |l| l.index());
-            let caught_up = matched + TRANSFER_SLACK >= metrics.last_log_index.unwrap_or(0);
-            if caught_up {
-                self.transfer(shard, target[0], transfers).await;
-            }
+        if target[0] != me && Progress::of(raft, self.lease()).ready_to_lead(target[0]) {
+            self.transfer(shard, target[0], transfers).await;
         }
         Ok(())
+    }
+
+    /// How recently a replica must have answered its leader to be handed
+    /// leadership: the election timeout's lower bound.
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.config.election_timeout_ms.0)
     }
 
     /// Hands `shard`'s leadership to `to`, at most once per
@@ -381,19 +419,12 @@ impl Cluster {
             .collect();
         let mut handed = Vec::new();
         for (shard, raft) in led {
-            let metrics = raft.metrics().borrow_watched().clone();
-            let matched = |node: &NodeId| {
-                metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(node).cloned().flatten())
-                    .map_or(0, |l| l.index())
-            };
+            let progress = Progress::of(&raft, self.lease());
             let to = GroupView::of(&raft)
                 .voters
                 .into_iter()
-                .filter(|n| *n != me && self.is_up(*n))
-                .max_by_key(matched);
+                .filter(|n| *n != me && progress.answering(*n))
+                .max_by_key(|n| progress.matched(*n));
             if let Some(to) = to {
                 metrics::counter!(crate::metrics::LEADER_TRANSFERS_TOTAL).increment(1);
                 let _ = raft.trigger().transfer_leader(to).await;

@@ -636,10 +636,12 @@ impl Peers {
     /// A change of membership (`join`, `drain`, `remove`), made on the
     /// metadata group's leader: here, or proxied there.
     pub async fn change(&self, path: &str, body: Json) -> Result<Json, ApiError> {
+        // A malformed request is refused here, leader or not.
+        let change = MemberChange::parse(path, &body)?;
         let deadline = tokio::time::Instant::now() + LEADER_CHANGE_WAIT;
         loop {
             let failure = match self.cluster.leader_of(META_GROUP) {
-                Some(leader) if leader == self.me => match self.change_here(path, &body).await {
+                Some(leader) if leader == self.me => match self.change_here(&change).await {
                     Err(e) if e.code == ErrorCode::Unavailable => e,
                     done => return done,
                 },
@@ -659,13 +661,45 @@ impl Peers {
         }
     }
 
-    async fn change_here(&self, path: &str, body: &Json) -> Result<Json, ApiError> {
+    async fn change_here(&self, change: &MemberChange) -> Result<Json, ApiError> {
+        let outcome = match change {
+            MemberChange::Join(record, digest) => self.cluster.join(record.clone(), *digest).await,
+            MemberChange::Drain(node) => self.cluster.drain(*node).await,
+            MemberChange::Remove(node) => self.cluster.remove(*node).await,
+        };
+        match outcome {
+            Ok(map) => Ok(json!({
+                "epoch": map.epoch,
+                "nodes": map.members.iter().map(|m| json!({"id": m.id, "state": m.state.as_str()})).collect::<Vec<_>>(),
+            })),
+            Err(ChangeError::NotLeader(_)) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "this node no longer leads the metadata group; retry",
+            )),
+            Err(ChangeError::Refused(message)) => {
+                Err(ApiError::new(ErrorCode::InvalidState, message))
+            }
+            Err(ChangeError::Unavailable(message)) => {
+                Err(ApiError::new(ErrorCode::Unavailable, message))
+            }
+        }
+    }
+}
+
+/// A change of membership asked through the HTTP API.
+enum MemberChange {
+    /// Admit this node, which presents this cookie digest.
+    Join(MemberRecord, u64),
+    Drain(u64),
+    Remove(u64),
+}
+
+impl MemberChange {
+    /// The change `POST path` with `body` asks for.
+    fn parse(path: &str, body: &Json) -> Result<Self, ApiError> {
         let invalid = |m: String| ApiError::new(ErrorCode::InvalidRequest, m);
-        let outcome = match path
-            .trim_start_matches("/v1/cluster/")
-            .split('/')
-            .collect::<Vec<_>>()[..]
-        {
+        let parts: Vec<&str> = path.trim_start_matches("/v1/cluster/").split('/').collect();
+        match parts[..] {
             ["join"] => {
                 let field = |name: &str| -> Result<String, ApiError> {
                     body[name]
@@ -687,35 +721,19 @@ impl Peers {
                 let digest = body["cluster"].as_u64().ok_or_else(|| {
                     invalid("join: cluster (the cookie's digest) is required".into())
                 })?;
-                self.cluster.join(record, digest).await
+                Ok(Self::Join(record, digest))
             }
             ["nodes", node, action] => {
                 let node: u64 = node
                     .parse()
                     .map_err(|_| invalid(format!("{node:?} is not a node id")))?;
                 match action {
-                    "drain" => self.cluster.drain(node).await,
-                    "remove" => self.cluster.remove(node).await,
-                    other => return Err(invalid(format!("no cluster action {other:?}"))),
+                    "drain" => Ok(Self::Drain(node)),
+                    "remove" => Ok(Self::Remove(node)),
+                    other => Err(invalid(format!("no cluster action {other:?}"))),
                 }
             }
-            _ => return Err(ApiError::new(ErrorCode::NotFound, "no such route")),
-        };
-        match outcome {
-            Ok(map) => Ok(json!({
-                "epoch": map.epoch,
-                "nodes": map.members.iter().map(|m| json!({"id": m.id, "state": m.state.as_str()})).collect::<Vec<_>>(),
-            })),
-            Err(ChangeError::NotLeader(_)) => Err(ApiError::new(
-                ErrorCode::Unavailable,
-                "this node no longer leads the metadata group; retry",
-            )),
-            Err(ChangeError::Refused(message)) => {
-                Err(ApiError::new(ErrorCode::InvalidState, message))
-            }
-            Err(ChangeError::Unavailable(message)) => {
-                Err(ApiError::new(ErrorCode::Unavailable, message))
-            }
+            _ => Err(ApiError::new(ErrorCode::NotFound, "no such route")),
         }
     }
 }

@@ -59,13 +59,20 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
+    // Open connections end with the listener: a stopped node leaves no
+    // client talking to it (clients then go elsewhere).
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => {
+                connections.abort_all();
+                return;
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let state = state.clone();
-                    tokio::spawn(async move {
+                    connections.spawn(async move {
                         metrics::gauge!(crate::metrics::NATIVE_CONNECTIONS).increment(1.0);
                         if let Err(e) = connection(stream, state).await {
                             tracing::debug!(%peer, error = %e, "native connection ended");

@@ -162,6 +162,11 @@ async fn nodes_join_drain_and_leave_under_load_without_a_failed_start() {
         })
     };
 
+    eventually(60, "every shard led", || async {
+        settled(&cluster.status(1).await, 3, &[]).then_some(())
+    })
+    .await;
+
     // A join must name the node's addresses and prove the cluster's cookie.
     let (status, body) = cluster
         .api(2)
@@ -343,7 +348,9 @@ async fn a_rolling_restart_under_load_fails_no_start() {
         tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
+            // Until told to stop, and at least 40 starts (a restart of
+            // three nodes can take less time than that on a fast machine).
+            while !stop.load(Ordering::Relaxed) || n < 40 {
                 // Round robin over the members, as a load balancer would.
                 let api = Api::new(&format!("http://{}", bases[n % FIRST]));
                 let id = format!("rr-{n}");
