@@ -206,15 +206,6 @@ impl Client {
                         }
                         continue;
                     }
-                    // The node given is away (restarting, say): through
-                    // another member meanwhile, which forwards it.
-                    Error::Connection(_) if idempotent => {
-                        if let Some(other) = routing.stand_in(self).await
-                            && let Ok(response) = other.once(request.clone()).await
-                        {
-                            return Ok(response);
-                        }
-                    }
                     Error::Node {
                         code: ErrorCode::Unavailable,
                         ..

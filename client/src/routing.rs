@@ -36,8 +36,6 @@ struct Map {
     epoch: u64,
     /// Each shard's leader's native address, when known.
     leaders: Vec<Option<String>>,
-    /// Every member's native address.
-    members: Vec<String>,
 }
 
 impl Routing {
@@ -75,31 +73,6 @@ impl Routing {
         }
     }
 
-    /// A client for another member than `home` (which could not be
-    /// reached: restarting, say), to send through meanwhile.
-    pub async fn stand_in(&self, home: &Client) -> Option<Client> {
-        self.unreachable(home.addr());
-        let candidates: Vec<String> = {
-            let map = self.map.read().expect("map lock");
-            map.members
-                .iter()
-                .filter(|a| a.as_str() != home.addr() && !self.avoided(a))
-                .cloned()
-                .collect()
-        };
-        let mut clients = self.leaders.lock().await;
-        for addr in candidates {
-            if let Some(client) = clients.get(&addr) {
-                return Some(client.clone());
-            }
-            if let Ok(client) = Client::direct(addr.clone()).await {
-                clients.insert(addr, client.clone());
-                return Some(client);
-            }
-        }
-        None
-    }
-
     fn avoided(&self, addr: &str) -> bool {
         let unreachable = self.unreachable.lock().expect("unreachable lock");
         unreachable
@@ -133,7 +106,6 @@ impl Routing {
         if let Some(view) = view {
             map.epoch = view["epoch"].as_u64().unwrap_or(0);
             map.leaders = leaders_of(&view);
-            map.members = members_of(&view);
         }
     }
 
@@ -160,18 +132,6 @@ impl Routing {
             map.epoch = epoch;
         }
     }
-}
-
-/// The native addresses of the members in a `/v1/cluster` view (removed
-/// ones aside).
-fn members_of(view: &Json) -> Vec<String> {
-    view["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| n["membership"] != "removed")
-        .filter_map(|n| Some(n["native_addr"].as_str()?.to_owned()))
-        .collect()
 }
 
 /// Each shard's leader's native address in a `/v1/cluster` view (empty

@@ -390,17 +390,6 @@ async fn the_rust_client_sends_each_instance_to_its_shard_leader() {
         }
         other => panic!("expected not_leader, got {other:?}"),
     }
-    // The client's own node goes away: its requests go through another
-    // member meanwhile, which forwards them to the leaders.
-    let mut members = members;
-    let home = members.remove(0);
-    home.node.shutdown().await;
-    for shard in 0..SHARDS {
-        let id = id_on(shard, 13);
-        client.start("flow", Some(&id), &json!({})).await.unwrap();
-        let view = client.result(&id, Duration::from_secs(10)).await.unwrap();
-        assert_eq!(view["status"], "completed", "{view}");
-    }
     for m in members {
         m.node.shutdown().await;
     }
