@@ -225,14 +225,7 @@ async fn a_worker_given_one_node_serves_every_shard() {
     let client = troupe_client::Client::connect(members[0].node.native_addr().to_string())
         .await
         .unwrap();
-    let worker = troupe_client::Worker::new(&client, "upper").handle("upper", |task| async move {
-        let text = task.input["text"]
-            .as_str()
-            .unwrap_or_default()
-            .to_uppercase();
-        Ok(json!({ "text": text }))
-    });
-    let worker = tokio::spawn(worker.run());
+    let worker = common::upper_worker(&client);
     let ids: Vec<String> = (0..SHARDS).map(|shard| id_on(shard, 7)).collect();
     for id in &ids {
         assert!(

@@ -185,14 +185,7 @@ async fn a_killed_leader_loses_nothing_acknowledged() {
     api.deploy(&saga(&world)).await;
     let native = cluster.nodes[0].as_ref().unwrap().native.clone();
     let client = troupe_client::Client::connect(native).await.unwrap();
-    let worker = troupe_client::Worker::new(&client, "upper").handle("upper", |task| async move {
-        let text = task.input["text"]
-            .as_str()
-            .unwrap_or_default()
-            .to_uppercase();
-        Ok(json!({ "text": text }))
-    });
-    let worker = tokio::spawn(worker.run());
+    let worker = common::upper_worker(&client);
     let (mut signaled, mut worked, mut sagas) = (Vec::new(), Vec::new(), Vec::new());
     for n in 0..8 {
         let id = format!("sig-{n}");

@@ -201,14 +201,7 @@ async fn nodes_join_drain_and_leave_under_load_without_a_failed_start() {
     cluster.api(1).deploy(common::WORKED).await;
     let native = cluster.nodes[0].as_ref().unwrap().native.clone();
     let client = troupe_client::Client::connect(native).await.unwrap();
-    let worker = troupe_client::Worker::new(&client, "upper").handle("upper", |task| async move {
-        let text = task.input["text"]
-            .as_str()
-            .unwrap_or_default()
-            .to_uppercase();
-        Ok(json!({ "text": text }))
-    });
-    let worker = tokio::spawn(worker.run());
+    let worker = common::upper_worker(&client);
 
     // A spare that never joined does not start on its own.
     assert!(

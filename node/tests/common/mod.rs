@@ -354,6 +354,20 @@ output:
   text: "${shouted.text}"
 "#;
 
+/// A worker for the `upper` tasks of [`WORKED`], through `client`.
+pub fn upper_worker(
+    client: &troupe_client::Client,
+) -> tokio::task::JoinHandle<Result<(), troupe_client::Error>> {
+    let worker = troupe_client::Worker::new(client, "upper").handle("upper", |task| async move {
+        let text = task.input["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_uppercase();
+        Ok(json!({ "text": text }))
+    });
+    tokio::spawn(worker.run())
+}
+
 /// A loopback port free right now (for configs that name their peers' ports).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
