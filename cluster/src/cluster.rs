@@ -469,34 +469,29 @@ impl Cluster {
             )
     }
 
-    /// `shard`'s replicas as the cluster map places them (the first
-    /// placement before there is a map).
-    pub fn placement(&self, shard: GroupId) -> Vec<NodeId> {
+    /// The metadata group's members: every member not removed (the first
+    /// members before there is a map).
+    fn meta_members(&self) -> Vec<NodeId> {
         match self.cluster_map() {
-            Some(map) if shard == META_GROUP => map
+            Some(map) => map
                 .members
                 .iter()
                 .filter(|m| m.state != MemberState::Removed)
                 .map(|m| m.id)
                 .collect(),
-            Some(map) => map
-                .placement
-                .get(shard as usize)
-                .cloned()
-                .unwrap_or_default(),
-            None => self.config.replicas(shard),
+            None => self.config.replicas(META_GROUP),
         }
     }
 
-    /// The view of `shard`'s group from the first of `nodes` that answers
-    /// (this node's own when it holds one and is among them).
-    pub async fn group_view(&self, shard: GroupId, nodes: &[NodeId]) -> Option<GroupView> {
-        for node in nodes {
-            if let Ok(view) = self.transport.group_view(*node, shard).await {
-                return Some(view);
-            }
+    /// Every shard's replicas as the cluster map places them (the first
+    /// placement before there is a map), read once.
+    pub fn placements(&self) -> Vec<Vec<NodeId>> {
+        match self.cluster_map() {
+            Some(map) => map.placement,
+            None => (0..self.config.shards)
+                .map(|s| self.config.replicas(s))
+                .collect(),
         }
-        None
     }
 
     /// Whether this node holds a replica of `group`.
@@ -523,18 +518,19 @@ impl Cluster {
 
     /// Every shard's replication state as this node sees it.
     pub fn status(&self) -> Vec<ShardStatus> {
-        (0..self.config.shards)
-            .map(|shard| self.group_status(shard))
+        self.placements()
+            .into_iter()
+            .enumerate()
+            .map(|(shard, replicas)| self.group_status(shard as GroupId, replicas))
             .collect()
     }
 
     /// The metadata group's replication state as this node sees it.
     pub fn meta_status(&self) -> ShardStatus {
-        self.group_status(META_GROUP)
+        self.group_status(META_GROUP, self.meta_members())
     }
 
-    fn group_status(&self, shard: GroupId) -> ShardStatus {
-        let replicas = self.placement(shard);
+    fn group_status(&self, shard: GroupId, replicas: Vec<NodeId>) -> ShardStatus {
         let Some(group) = self.group(shard) else {
             let view = self
                 .elsewhere

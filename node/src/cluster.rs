@@ -350,12 +350,12 @@ impl Peers {
     /// replica that is up, else its first replica.
     pub fn shard_holders(&self) -> Result<crate::gather::Holders, ApiError> {
         let (mut mine, mut elsewhere) = (Vec::new(), BTreeMap::<u64, Vec<u32>>::new());
-        for shard in 0..self.cluster.config().shards {
+        for (shard, replicas) in self.cluster.placements().into_iter().enumerate() {
+            let shard = shard as u32;
             if self.cluster.holds(shard) {
                 mine.push(shard);
                 continue;
             }
-            let replicas = self.cluster.placement(shard);
             let holder = self
                 .cluster
                 .leader_of(shard)
