@@ -464,8 +464,14 @@ pub async fn operate(
     );
     eprintln!();
     let took = took?;
-    let p99 = |t: &load::Tally| t.latency.value_at_quantile(0.99) as f64 / 1000.0;
+    let p99 = |h: &hdrhistogram::Histogram<u64>| h.value_at_quantile(0.99) as f64 / 1000.0;
     let failed = |t: &load::Tally| t.errors.values().sum::<u64>();
+    // The requests scheduled while the operation ran, not the whole window.
+    let mut while_operating = load::histogram();
+    let seconds = took.as_secs_f64().ceil() as usize;
+    for second in busy.latency_per_second.iter().take(seconds) {
+        while_operating.add(second).expect("same bounds");
+    }
     Ok(serde_json::json!({
         "scenario": format!("{operation:?}").to_lowercase(),
         "rate": rate,
@@ -475,8 +481,10 @@ pub async fn operate(
         "errors": {"before": quiet.errors, "during": busy.errors},
         "started": quiet.started + busy.started,
         "completed": quiet.ended_ok + busy.ended_ok,
-        "p99_before_ms": p99(&quiet),
-        "p99_during_ms": p99(&busy),
-        "max_during_ms": busy.latency.max() as f64 / 1000.0,
+        "p99_before_ms": p99(&quiet.latency),
+        "p99_during_ms": p99(&while_operating),
+        "p99_whole_window_ms": p99(&busy.latency),
+        "max_during_ms": while_operating.max() as f64 / 1000.0,
+        "p99_per_second_ms": busy.latency_per_second.iter().map(p99).collect::<Vec<_>>(),
     }))
 }

@@ -24,6 +24,8 @@ pub enum Mode {
 pub struct Tally {
     /// Start-to-complete latency of measured workflows, microseconds.
     pub latency: Histogram<u64>,
+    /// The same, by the second of the measured window each was scheduled in.
+    pub latency_per_second: Vec<Histogram<u64>>,
     /// Workflows that ended as expected inside the measured window.
     pub completed: u64,
     /// Every workflow started (warm-up included).
@@ -45,6 +47,7 @@ pub type RssProbe = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
 struct Shared {
     latency: Mutex<Histogram<u64>>,
+    latency_per_second: Mutex<Vec<Histogram<u64>>>,
     completed: AtomicU64,
     started: AtomicU64,
     ended_ok: AtomicU64,
@@ -116,7 +119,8 @@ pub async fn run(clients: &[Client], plan: Plan<'_>, rss: RssProbe) -> Tally {
         prefix,
     } = plan;
     let shared = Arc::new(Shared {
-        latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram")),
+        latency: Mutex::new(histogram()),
+        latency_per_second: Mutex::new(Vec::new()),
         completed: AtomicU64::new(0),
         started: AtomicU64::new(0),
         ended_ok: AtomicU64::new(0),
@@ -141,6 +145,12 @@ pub async fn run(clients: &[Client], plan: Plan<'_>, rss: RssProbe) -> Tally {
                         shared.completed.fetch_add(1, Ordering::Relaxed);
                         let micros = done.duration_since(scheduled).as_micros() as u64;
                         let _ = shared.latency.lock().expect("hist").record(micros.max(1));
+                        let second = scheduled.duration_since(measure_from).as_secs() as usize;
+                        let mut by_second = shared.latency_per_second.lock().expect("hist");
+                        if by_second.len() <= second {
+                            by_second.resize_with(second + 1, histogram);
+                        }
+                        let _ = by_second[second].record(micros.max(1));
                     }
                     if done >= measure_from && done < end {
                         let second = done.duration_since(measure_from).as_secs() as usize;
@@ -209,12 +219,14 @@ pub async fn run(clients: &[Client], plan: Plan<'_>, rss: RssProbe) -> Tally {
         .min(end)
         .saturating_duration_since(measure_from);
     let latency = shared.latency.lock().expect("hist").clone();
+    let latency_per_second = shared.latency_per_second.lock().expect("hist").clone();
     let errors = shared.errors.lock().expect("errors").clone();
     let mut per_second = shared.per_second.lock().expect("timeline").clone();
     per_second.resize(window.as_secs() as usize, 0);
     let rss_per_second = shared.rss_per_second.lock().expect("timeline").clone();
     Tally {
         latency,
+        latency_per_second,
         completed: shared.completed.load(Ordering::Relaxed),
         started: shared.started.load(Ordering::Relaxed),
         ended_ok: shared.ended_ok.load(Ordering::Relaxed),
@@ -223,6 +235,11 @@ pub async fn run(clients: &[Client], plan: Plan<'_>, rss: RssProbe) -> Tally {
         per_second,
         rss_per_second,
     }
+}
+
+/// A latency histogram in microseconds, up to ten minutes.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram")
 }
 
 /// Rates (per second) over consecutive windows of `seconds`; a last,

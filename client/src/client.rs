@@ -3,7 +3,7 @@
 
 use crate::Error;
 use crate::connection::Connection;
-use crate::routing::Routing;
+use crate::routing::{Routing, Via};
 use serde_json::Value as Json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,17 +163,18 @@ impl Client {
     pub async fn request(&self, request: Request, idempotent: bool) -> Result<Response, Error> {
         let mut retry = 0;
         loop {
-            let leader = match (&self.routing, request.instance()) {
-                (Some(routing), Some(id)) => routing.leader_for(self, id).await,
-                _ => None,
+            let via = match &self.routing {
+                Some(routing) => routing.via(self, request.instance()).await,
+                None => Via::Home,
             };
-            let result = match &leader {
-                Some(leader) => {
+            let result = match &via {
+                Via::Leader(leader) => {
                     leader
                         .once(Request::Routed(Box::new(request.clone())))
                         .await
                 }
-                None => self.once(request.clone()).await,
+                Via::StandIn(node) => node.once(request.clone()).await,
+                Via::Home => self.once(request.clone()).await,
             };
             let err = match result {
                 Ok(response) => return Ok(response),
@@ -194,23 +195,23 @@ impl Client {
                         }
                         continue;
                     }
-                    // The leader is gone: at once through the node given,
-                    // which waits for the next leader itself.
-                    Error::Connection(_) if idempotent && leader.is_some() => {
-                        if let Some(leader) = &leader {
-                            routing.unreachable(leader.addr());
+                    // The node is gone: skip it a while, and try at once
+                    // through another (the client's node waits for a new
+                    // leader itself; a stand-in forwards).
+                    Error::Connection(_) => {
+                        routing.unreachable(via.addr(self));
+                        if idempotent && routing.any_reachable(self) {
+                            retry += 1;
+                            if retry >= self.retry.attempts {
+                                return Err(err);
+                            }
+                            continue;
                         }
-                        retry += 1;
-                        if retry >= self.retry.attempts {
-                            return Err(err);
-                        }
-                        continue;
                     }
                     Error::Node {
                         code: ErrorCode::Unavailable,
                         ..
-                    }
-                    | Error::Connection(_) => routing.forget(),
+                    } => routing.forget(),
                     _ => {}
                 }
             }

@@ -14,6 +14,10 @@ use troupe_protocol::{ClientFrame, Request, Response, ServerFrame};
 /// Largest frame the client accepts from a node.
 const MAX_FRAME: usize = 64 << 20;
 
+/// Longest wait for a node to accept a connection (one cut off by a
+/// partition never refuses it).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 enum Waiting {
     Once(oneshot::Sender<Response>),
     Stream(mpsc::UnboundedSender<Response>),
@@ -29,8 +33,9 @@ pub(crate) struct Connection {
 
 impl Connection {
     pub async fn open(addr: impl ToSocketAddrs) -> Result<Self, Error> {
-        let stream = TcpStream::connect(addr)
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
+            .map_err(|_| Error::Connection("connect timed out".into()))?
             .map_err(|e| Error::Connection(e.to_string()))?;
         stream
             .set_nodelay(true)

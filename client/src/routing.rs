@@ -4,28 +4,61 @@
 //! node-to-node hop. A node that no longer leads that shard answers
 //! `not_leader` with the leader's address; the client follows it, and
 //! reloads the map after an `unavailable` answer or a broken connection.
-//! Against a single node (no addresses in its map) nothing is routed.
+//!
+//! While the client's own node cannot be reached (restarting, dead), the
+//! client goes through another member instead (a stand-in, which forwards
+//! what it does not lead) and reads the map there, one try each, and tries
+//! its own node again a second later. Against a single node (no addresses
+//! in its map) nothing is routed.
 
-use crate::Client;
+use crate::{Client, Error};
 use serde_json::Value as Json;
 use std::collections::HashMap;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How soon a map marked stale may be fetched again.
 const REFETCH_AFTER: Duration = Duration::from_millis(50);
 
-/// How long a leader that could not be reached is skipped (requests go to
-/// the node given, which waits for a new leader itself).
+/// How long a node that could not be reached is skipped: a leader
+/// (requests go to the client's node, which waits for a new leader itself)
+/// or the client's own node (requests go through a stand-in).
 const AVOID_FOR: Duration = Duration::from_secs(1);
 
-/// The cluster map as this client knows it, and connections to leaders.
+/// Longest wait for a map from one node.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where one try of a request goes.
+pub(crate) enum Via {
+    /// The node the client was given.
+    Home,
+    /// The leader of the instance's shard (the request is sent `Routed`).
+    Leader(Client),
+    /// Another member, while the client's node cannot be reached.
+    StandIn(Client),
+}
+
+impl Via {
+    /// The address the try went to.
+    pub fn addr<'a>(&'a self, home: &'a Client) -> &'a str {
+        match self {
+            Via::Home => home.addr(),
+            Via::Leader(node) | Via::StandIn(node) => node.addr(),
+        }
+    }
+}
+
+/// The cluster map as this client knows it, and connections to other nodes.
 #[derive(Default)]
 pub(crate) struct Routing {
     map: RwLock<Map>,
-    leaders: tokio::sync::Mutex<HashMap<String, Client>>,
-    /// Leaders that could not be reached, and since when.
+    /// Connections to other members (leaders and stand-ins).
+    nodes: tokio::sync::Mutex<HashMap<String, Client>>,
+    /// Nodes that could not be reached, and since when.
     unreachable: std::sync::Mutex<HashMap<String, Instant>>,
+    /// A map fetch is under way (one at a time; others use the map held).
+    fetching: AtomicBool,
 }
 
 #[derive(Default)]
@@ -36,38 +69,77 @@ struct Map {
     epoch: u64,
     /// Each shard's leader's native address, when known.
     leaders: Vec<Option<String>>,
+    /// The native addresses of the members not removed.
+    members: Vec<String>,
 }
 
 impl Routing {
-    /// The client for the leader of `id`'s shard, when it is another node
-    /// than `home` and known.
-    pub async fn leader_for(&self, home: &Client, id: &str) -> Option<Client> {
+    /// Where the next try of a request goes: the leader of `id`'s shard
+    /// when it is another node than `home` and known; else a stand-in when
+    /// `home` cannot be reached; else `home`.
+    pub async fn via(&self, home: &Client, id: Option<&str>) -> Via {
         if self.due() {
             self.fetch(home).await;
         }
-        let addr = {
+        let (leader, stand_in) = {
             let map = self.map.read().expect("map lock");
-            if map.leaders.is_empty() {
-                return None;
-            }
-            let shard = troupe_protocol::shard_of(id, map.leaders.len() as u32);
-            map.leaders[shard as usize].clone()?
+            let leader = id.and_then(|id| {
+                if map.leaders.is_empty() {
+                    return None;
+                }
+                let shard = troupe_protocol::shard_of(id, map.leaders.len() as u32);
+                map.leaders[shard as usize].clone()
+            });
+            let stand_in = self
+                .avoided(home.addr())
+                .then(|| self.reachable(&map, home));
+            (leader, stand_in.flatten())
         };
-        if addr == home.addr() || self.avoided(&addr) {
-            return None;
+        if let Some(addr) = leader.filter(|a| a != home.addr() && !self.avoided(a))
+            && let Some(node) = self.node(&addr).await
+        {
+            return Via::Leader(node);
         }
-        let mut leaders = self.leaders.lock().await;
-        if let Some(client) = leaders.get(&addr) {
+        if let Some(addr) = stand_in
+            && let Some(node) = self.node(&addr).await
+        {
+            return Via::StandIn(node);
+        }
+        Via::Home
+    }
+
+    /// The first member other than `home` not skipped.
+    fn reachable(&self, map: &Map, home: &Client) -> Option<String> {
+        map.members
+            .iter()
+            .find(|a| *a != home.addr() && !self.avoided(a))
+            .cloned()
+    }
+
+    /// Whether some node may still be tried at once: `home`, or a member
+    /// not skipped.
+    pub fn any_reachable(&self, home: &Client) -> bool {
+        !self.avoided(home.addr())
+            || self
+                .reachable(&self.map.read().expect("map lock"), home)
+                .is_some()
+    }
+
+    /// A connection to the member at `addr` (skipped a while when it
+    /// cannot be opened).
+    async fn node(&self, addr: &str) -> Option<Client> {
+        let mut nodes = self.nodes.lock().await;
+        if let Some(client) = nodes.get(addr) {
             return Some(client.clone());
         }
-        match Client::direct(addr.clone()).await {
+        match Client::direct(addr.to_owned()).await {
             Ok(client) => {
-                leaders.insert(addr, client.clone());
+                nodes.insert(addr.to_owned(), client.clone());
                 Some(client)
             }
             Err(_) => {
-                drop(leaders);
-                self.unreachable(&addr);
+                drop(nodes);
+                self.unreachable(addr);
                 None
             }
         }
@@ -80,14 +152,18 @@ impl Routing {
             .is_some_and(|since| since.elapsed() < AVOID_FOR)
     }
 
-    /// Skips the leader at `addr` for a while (it died, or the link did)
+    /// Skips the node at `addr` for a while (it died, or the link did)
     /// and reloads the map.
     pub fn unreachable(&self, addr: &str) {
+        self.skip(addr);
+        self.forget();
+    }
+
+    fn skip(&self, addr: &str) {
         self.unreachable
             .lock()
             .expect("unreachable lock")
             .insert(addr.to_owned(), Instant::now());
-        self.forget();
     }
 
     fn due(&self) -> bool {
@@ -98,14 +174,43 @@ impl Routing {
                 .is_none_or(|at| at.elapsed() >= REFETCH_AFTER)
     }
 
+    /// Reads the map from `home`, or from a member when `home` cannot be
+    /// reached: one try each, one fetch at a time.
     async fn fetch(&self, home: &Client) {
-        let view = home.cluster_map().await.ok();
+        if self.fetching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _done = Fetching(&self.fetching);
+        let mut view = None;
+        let tries = self.map.read().expect("map lock").members.len().max(1);
+        for _ in 0..tries {
+            let (source, node) = if self.avoided(home.addr()) {
+                let Some(addr) = self.reachable(&self.map.read().expect("map lock"), home) else {
+                    break;
+                };
+                let Some(node) = self.node(&addr).await else {
+                    continue;
+                };
+                (addr, node)
+            } else {
+                (home.addr().to_owned(), home.clone())
+            };
+            match tokio::time::timeout(FETCH_TIMEOUT, node.cluster_map()).await {
+                Ok(Ok(answer)) => {
+                    view = Some(answer);
+                    break;
+                }
+                Ok(Err(Error::Connection(_))) | Err(_) => self.skip(&source),
+                Ok(Err(_)) => break,
+            }
+        }
         let mut map = self.map.write().expect("map lock");
         map.fetched_at = Some(Instant::now());
         map.fresh = true;
         if let Some(view) = view {
             map.epoch = view["epoch"].as_u64().unwrap_or(0);
             map.leaders = leaders_of(&view);
+            map.members = members_of(&view);
         }
     }
 
@@ -132,6 +237,27 @@ impl Routing {
             map.epoch = epoch;
         }
     }
+}
+
+/// Clears the fetch flag however the fetch ends (a dropped request too).
+struct Fetching<'a>(&'a AtomicBool);
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// The native addresses of a `/v1/cluster` view's members not removed
+/// (empty for a single node).
+pub(crate) fn members_of(view: &Json) -> Vec<String> {
+    view["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["membership"] != "removed")
+        .filter_map(|n| n["native_addr"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// Each shard's leader's native address in a `/v1/cluster` view (empty
@@ -176,7 +302,12 @@ mod tests {
             leaders_of(&view),
             vec![Some("127.0.0.1:7072".to_owned()), None]
         );
+        assert_eq!(members_of(&view), vec!["127.0.0.1:7071", "127.0.0.1:7072"]);
         let single = json!({"nodes": [{"id": 1}], "shards": [{"id": 0, "leader": 1}]});
+        assert!(
+            members_of(&single).is_empty(),
+            "a single node has no stand-in"
+        );
         assert!(
             leaders_of(&single).is_empty(),
             "a single node routes nothing"

@@ -149,12 +149,9 @@ async fn members(client: &Client) -> Option<Vec<Option<String>>> {
         Ok(Response::Json(text)) => serde_json::from_str::<Json>(&text).ok()?,
         _ => return None,
     };
-    let addrs: Vec<Option<String>> = cluster["nodes"]
-        .as_array()
+    let addrs: Vec<Option<String>> = crate::routing::members_of(&cluster)
         .into_iter()
-        .flatten()
-        .filter(|n| n["membership"] != "removed")
-        .filter_map(|n| n["native_addr"].as_str().map(|a| Some(a.to_owned())))
+        .map(Some)
         .collect();
     Some(if addrs.len() > 1 { addrs } else { vec![None] })
 }

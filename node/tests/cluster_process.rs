@@ -346,6 +346,87 @@ async fn a_killed_leader_loses_nothing_acknowledged() {
     .await;
 }
 
+/// A Rust client given node 1 keeps working while node 1 is down: requests
+/// in flight at the SIGKILL and every request after it go through another
+/// member (a stand-in) until node 1 is back. Without the stand-in, requests
+/// about shards node 1 led, and requests about no instance, would fail
+/// once their retries ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_goes_through_another_member_while_its_own_node_is_down() {
+    let dir = TempDir::new("cluster-standin");
+    let mut cluster = Cluster::start(dir.path()).await;
+    cluster.leaders().await;
+    let home = cluster.nodes[0].as_ref().unwrap().native.clone();
+    let client = troupe_client::Client::connect(home).await.unwrap();
+
+    // Four callers start workflows back to back across the kill.
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut callers = tokio::task::JoinSet::new();
+    for caller in 0..4 {
+        let (client, running) = (client.clone(), running.clone());
+        callers.spawn(async move {
+            let mut started = Vec::new();
+            let mut n = 0;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("standin-{caller}-{n}");
+                if let Err(e) = client.start("flow", Some(&id), &json!({})).await {
+                    return Err(format!("{id}: {e}"));
+                }
+                started.push(id);
+                n += 1;
+            }
+            Ok(started)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.kill(1);
+    cluster.leaders().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut started = Vec::new();
+    while let Some(caller) = callers.join_next().await {
+        started.extend(
+            caller
+                .unwrap()
+                .expect("a start failed while node 1 was down"),
+        );
+    }
+    assert!(started.len() > 40, "only {} started", started.len());
+
+    // Requests about no instance, and reads, go through the stand-in too.
+    client
+        .deploy(&nap_flow("10ms").replace("name: flow", "name: quick"))
+        .await
+        .expect("a deploy while node 1 is down");
+    let page = client
+        .list(troupe_client::ListWorkflows::default())
+        .await
+        .expect("a list while node 1 is down");
+    assert!(
+        page["workflows"].as_array().is_some_and(|w| !w.is_empty()),
+        "{page}"
+    );
+    for id in &started {
+        let view = client.result(id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(view["status"], "completed", "{view}");
+    }
+
+    // Node 1 returns, and the client goes on through it.
+    cluster.start_node(1);
+    cluster.leaders().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let view = client
+        .start("quick", Some("after-return"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(view["created"], true, "{view}");
+    let view = client
+        .result("after-return", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(view["status"], "completed", "{view}");
+}
+
 /// Runs `troupe-node --config config --node-id id`, expecting it to be
 /// refused: returns its log once it exits (fails after 30 s).
 fn run_refused(config: &Path, id: usize) -> String {
