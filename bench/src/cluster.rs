@@ -24,10 +24,24 @@ pub struct LocalCluster {
     pub https: Vec<String>,
 }
 
+/// A loopback port free right now.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    // Below the kernel's ephemeral range (32768 and up), where the nodes'
+    // own outgoing connections would take ports picked there.
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919).wrapping_add(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
+    );
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(104_729)) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
 }
 
 impl LocalCluster {
@@ -413,10 +427,15 @@ pub async fn operate(
         match operation {
             Operation::Join => {
                 cluster.join(4)?;
+                // Done when node 4 holds its even share: a quarter of the
+                // replicas and of the leaders.
+                let share = u64::from(shards) / 4;
                 cluster
                     .settled(1, settle, |v| {
                         let n = node_view(v, 4);
-                        n["state"] == "active" && n["leads"].as_u64() > Some(0)
+                        n["state"] == "active"
+                            && n["replicas"].as_u64() >= Some(3 * share)
+                            && n["leads"].as_u64() >= Some(share)
                     })
                     .await?;
             }
@@ -453,15 +472,25 @@ pub async fn operate(
         }
         anyhow::Ok(began.elapsed())
     };
-    let busy_prefix = format!("{prefix}-during");
-    let (took, busy) = tokio::join!(
-        change,
-        load::run(
-            &clients,
-            measure(during, &busy_prefix),
-            std::sync::Arc::new(|| None)
-        )
-    );
+    // The load runs in its own task: the operation waits on processes
+    // (blocking), which must not hold back the sends.
+    let busy = {
+        let (clients, mode) = (clients.clone(), mode.clone());
+        let prefix = format!("{prefix}-during");
+        tokio::spawn(async move {
+            let plan = Plan {
+                scenario,
+                mode: &mode,
+                warmup: Duration::ZERO,
+                duration: during,
+                count: None,
+                prefix: &prefix,
+            };
+            load::run(&clients, plan, std::sync::Arc::new(|| None)).await
+        })
+    };
+    let took = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(change));
+    let busy = busy.await?;
     eprintln!();
     let took = took?;
     let p99 = |h: &hdrhistogram::Histogram<u64>| h.value_at_quantile(0.99) as f64 / 1000.0;

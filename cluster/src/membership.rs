@@ -55,6 +55,9 @@ const TRANSFER_SLACK: u64 = 16;
 const CAUGHT_UP_SLACK: u64 = 64;
 /// Longest wait for led groups to elect another leader at a hand-off.
 const HAND_OFF_WAIT: Duration = Duration::from_secs(3);
+/// How long a node must have been connected before it is handed the
+/// leaderships placed on it (moves off a leaving node do not wait).
+const SETTLE_BEFORE_LEADING: Duration = Duration::from_secs(3);
 /// Least time between two leadership transfers of one shard.
 const TRANSFER_PAUSE: Duration = Duration::from_secs(3);
 
@@ -362,10 +365,23 @@ impl Cluster {
                 .map_err(|e| e.to_string())?;
             return Ok(());
         }
-        if target[0] != me && Progress::of(raft, self.lease()).ready_to_lead(target[0]) {
+        if target[0] != me
+            && self.settled(target[0])
+            && Progress::of(raft, self.lease()).ready_to_lead(target[0])
+        {
             self.transfer(shard, target[0], transfers).await;
         }
         Ok(())
+    }
+
+    /// Whether `node` greeted this node at least [`SETTLE_BEFORE_LEADING`]
+    /// ago (every node greets its peers when it starts): a node that just
+    /// started gets its preferred leaderships once it has caught up and
+    /// warmed up, not while it replays.
+    fn settled(&self, node: NodeId) -> bool {
+        self.transport
+            .greeted_since(node)
+            .is_none_or(|since| since >= SETTLE_BEFORE_LEADING)
     }
 
     /// How recently a replica must have answered its leader to be handed

@@ -257,6 +257,8 @@ pub struct Transport {
     next_id: AtomicU64,
     /// When each peer last answered.
     heard: Mutex<HashMap<NodeId, std::time::Instant>>,
+    /// When each peer last greeted this node (a restarted peer greets anew).
+    greeted: Mutex<HashMap<NodeId, std::time::Instant>>,
     /// Dropped links (tests).
     pub filter: LinkFilter,
 }
@@ -279,6 +281,7 @@ impl Transport {
             groups: RwLock::default(),
             next_id: AtomicU64::new(1),
             heard: Mutex::default(),
+            greeted: Mutex::default(),
             filter,
         })
     }
@@ -445,6 +448,16 @@ impl Transport {
             .expect("heard lock")
             .get(&peer)
             .is_some_and(|at| at.elapsed() < within)
+    }
+
+    /// How long since `peer` last opened a connection to this node: a
+    /// peer that just (re)started is still busy catching up.
+    pub fn greeted_since(&self, peer: NodeId) -> Option<Duration> {
+        self.greeted
+            .lock()
+            .expect("greeted lock")
+            .get(&peer)
+            .map(|at| at.elapsed())
     }
 
     fn refuse(&self, peer: NodeId, reason: String) {
@@ -624,6 +637,11 @@ async fn serve_connection(transport: Arc<Transport>, mut stream: TcpStream) {
             if write_frame(&mut stream, &welcome).await.is_err() {
                 return;
             }
+            transport
+                .greeted
+                .lock()
+                .expect("greeted lock")
+                .insert(from, std::time::Instant::now());
             from
         }
         _ => return,

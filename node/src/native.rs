@@ -282,6 +282,26 @@ fn limit(page: &Page) -> Option<usize> {
     page.limit.map(|l| l as usize)
 }
 
+/// How long a routed request refused while its shard changes leader waits
+/// to name the new one.
+const NEW_LEADER_WAIT: Duration = Duration::from_millis(500);
+
+/// `not_leader` naming `shard`'s new leader, once another node leads it (a
+/// transfer or an election under way): the client follows it at once
+/// rather than backing off.
+async fn lead_lost(peers: &crate::cluster::Peers, shard: u32) -> Option<ApiError> {
+    let deadline = tokio::time::Instant::now() + NEW_LEADER_WAIT;
+    loop {
+        if let Some(leader) = peers.leader_elsewhere(shard) {
+            return Some(peers.not_leader(shard, leader));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Runs one request through the same operations as the HTTP listener.
 async fn handle(state: &NativeState, request: Request) -> api::Result<Response> {
     let rt = &state.runtime;
@@ -292,6 +312,13 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
                 if let Some(leader) = peers.leader_elsewhere(shard) {
                     return Err(peers.not_leader(shard, leader));
                 }
+                let result = Box::pin(handle(state, *inner)).await;
+                return match result {
+                    Err(e) if e.code == ErrorCode::Unavailable => {
+                        Err(lead_lost(peers, shard).await.unwrap_or(e))
+                    }
+                    other => other,
+                };
             }
             *inner
         }
