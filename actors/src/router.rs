@@ -162,9 +162,11 @@ impl Router {
         self.call_here(id, command).await
     }
 
-    /// [`Router::call`] on this node only (a command another node forwarded).
+    /// [`Router::call`] on this node only (a command another node
+    /// forwarded): waits a little for a shard this node is about to lead.
     pub async fn call_here(&self, id: &str, command: Command) -> Result<Applied, Error> {
         let index = self.shard_of(id);
+        self.await_leader(index).await;
         let pending = &self.pending[index as usize];
         let bounded = !matches!(command, Command::Report(_));
         if bounded && pending.load(Ordering::Relaxed) >= self.max_pending {

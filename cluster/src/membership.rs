@@ -55,7 +55,7 @@ const TRANSFER_SLACK: u64 = 16;
 const CAUGHT_UP_SLACK: u64 = 64;
 /// Longest wait for led groups to elect another leader at a hand-off.
 const HAND_OFF_WAIT: Duration = Duration::from_secs(3);
-/// How long a node must have been connected before it is handed the
+/// How long a node's links must have been steady before it is handed the
 /// leaderships placed on it (moves off a leaving node do not wait).
 const SETTLE_BEFORE_LEADING: Duration = Duration::from_secs(3);
 /// Least time between two leadership transfers of one shard.
@@ -374,14 +374,15 @@ impl Cluster {
         Ok(())
     }
 
-    /// Whether `node` greeted this node at least [`SETTLE_BEFORE_LEADING`]
-    /// ago (every node greets its peers when it starts): a node that just
-    /// started gets its preferred leaderships once it has caught up and
-    /// warmed up, not while it replays.
+    /// Whether `node`'s links with this node have been steady for
+    /// [`SETTLE_BEFORE_LEADING`]: a node that is stopping (its links
+    /// break), or that just started and is still replaying, is not handed
+    /// its preferred leaderships (a transfer to a stopping node stalls the
+    /// shard until an election; one to a node still catching up is slow).
     fn settled(&self, node: NodeId) -> bool {
         self.transport
-            .greeted_since(node)
-            .is_none_or(|since| since >= SETTLE_BEFORE_LEADING)
+            .steady_for(node)
+            .is_none_or(|steady| steady >= SETTLE_BEFORE_LEADING)
     }
 
     /// How recently a replica must have answered its leader to be handed

@@ -257,8 +257,9 @@ pub struct Transport {
     next_id: AtomicU64,
     /// When each peer last answered.
     heard: Mutex<HashMap<NodeId, std::time::Instant>>,
-    /// When each peer last greeted this node (a restarted peer greets anew).
-    greeted: Mutex<HashMap<NodeId, std::time::Instant>>,
+    /// When a link with each peer last opened or broke (a peer stopping
+    /// breaks them; a restarted peer greets anew).
+    link_changed: Mutex<HashMap<NodeId, std::time::Instant>>,
     /// Dropped links (tests).
     pub filter: LinkFilter,
 }
@@ -281,7 +282,7 @@ impl Transport {
             groups: RwLock::default(),
             next_id: AtomicU64::new(1),
             heard: Mutex::default(),
-            greeted: Mutex::default(),
+            link_changed: Mutex::default(),
             filter,
         })
     }
@@ -450,14 +451,22 @@ impl Transport {
             .is_some_and(|at| at.elapsed() < within)
     }
 
-    /// How long since `peer` last opened a connection to this node: a
-    /// peer that just (re)started is still busy catching up.
-    pub fn greeted_since(&self, peer: NodeId) -> Option<Duration> {
-        self.greeted
+    /// How long the links with `peer` have been steady (none opened or
+    /// broken): a peer that is stopping, or just (re)started and still
+    /// catching up, has changed them lately.
+    pub fn steady_for(&self, peer: NodeId) -> Option<Duration> {
+        self.link_changed
             .lock()
-            .expect("greeted lock")
+            .expect("link lock")
             .get(&peer)
             .map(|at| at.elapsed())
+    }
+
+    fn link_changed(&self, peer: NodeId) {
+        self.link_changed
+            .lock()
+            .expect("link lock")
+            .insert(peer, std::time::Instant::now());
     }
 
     fn refuse(&self, peer: NodeId, reason: String) {
@@ -535,6 +544,7 @@ async fn run_link(
     let stream = match greeted {
         Ok(stream) => stream,
         Err(why) => {
+            transport.link_changed(to);
             rx.close();
             while let Ok((_, _, _, done)) = rx.try_recv() {
                 let _ = done.send(Err(SendError::Unreachable(to, why.clone())));
@@ -582,6 +592,7 @@ async fn run_link(
         ok = ok && write.flush().await.is_ok() && !replies.is_finished();
     }
     replies.abort();
+    transport.link_changed(to);
     rx.close();
     let lost = || SendError::Unreachable(to, "connection lost".into());
     for (_, done) in waiting.lock().expect("waiting lock").drain() {
@@ -637,11 +648,7 @@ async fn serve_connection(transport: Arc<Transport>, mut stream: TcpStream) {
             if write_frame(&mut stream, &welcome).await.is_err() {
                 return;
             }
-            transport
-                .greeted
-                .lock()
-                .expect("greeted lock")
-                .insert(from, std::time::Instant::now());
+            transport.link_changed(from);
             from
         }
         _ => return,
@@ -680,6 +687,7 @@ async fn serve_connection(transport: Arc<Transport>, mut stream: TcpStream) {
             let _ = tx.send(Frame::Response { id, reply });
         });
     }
+    transport.link_changed(from);
     drop(tx);
     let _ = writer.await;
 }

@@ -283,22 +283,37 @@ fn limit(page: &Page) -> Option<usize> {
 }
 
 /// How long a routed request refused while its shard changes leader waits
-/// to name the new one.
-const NEW_LEADER_WAIT: Duration = Duration::from_millis(500);
+/// for the change to settle.
+const LEADER_CHANGE_WAIT: Duration = Duration::from_millis(500);
 
-/// `not_leader` naming `shard`'s new leader, once another node leads it (a
-/// transfer or an election under way): the client follows it at once
-/// rather than backing off.
-async fn lead_lost(peers: &crate::cluster::Peers, shard: u32) -> Option<ApiError> {
-    let deadline = tokio::time::Instant::now() + NEW_LEADER_WAIT;
+/// Where a shard whose leader is changing went, as a routed request on
+/// this node sees it.
+enum Settled {
+    /// Another node leads it: the client is told which, and follows at once.
+    Elsewhere(ApiError),
+    /// It is active here (again, or at last): the request can run again.
+    Here,
+}
+
+/// Waits up to [`LEADER_CHANGE_WAIT`] until `shard` is led elsewhere or
+/// active here.
+async fn leader_settled(
+    state: &NativeState,
+    peers: &crate::cluster::Peers,
+    shard: u32,
+) -> Option<Settled> {
+    let deadline = tokio::time::Instant::now() + LEADER_CHANGE_WAIT;
     loop {
         if let Some(leader) = peers.leader_elsewhere(shard) {
-            return Some(peers.not_leader(shard, leader));
+            return Some(Settled::Elsewhere(peers.not_leader(shard, leader)));
+        }
+        if state.runtime.router().is_active(shard) {
+            return Some(Settled::Here);
         }
         if tokio::time::Instant::now() >= deadline {
             return None;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -312,10 +327,18 @@ async fn handle(state: &NativeState, request: Request) -> api::Result<Response> 
                 if let Some(leader) = peers.leader_elsewhere(shard) {
                     return Err(peers.not_leader(shard, leader));
                 }
-                let result = Box::pin(handle(state, *inner)).await;
+                // Refused while the shard changes leader: name the new
+                // leader, or run once more when the shard is active here.
+                let result = Box::pin(handle(state, (*inner).clone())).await;
                 return match result {
-                    Err(e) if e.code == ErrorCode::Unavailable => {
-                        Err(lead_lost(peers, shard).await.unwrap_or(e))
+                    // (Refused with the shard still active here: not a
+                    // change of leader, e.g. no quorum.)
+                    Err(e) if e.code == ErrorCode::Unavailable && !rt.router().is_active(shard) => {
+                        match leader_settled(state, peers, shard).await {
+                            Some(Settled::Elsewhere(not_leader)) => Err(not_leader),
+                            Some(Settled::Here) => Box::pin(handle(state, *inner)).await,
+                            None => Err(e),
+                        }
                     }
                     other => other,
                 };
