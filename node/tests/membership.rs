@@ -231,11 +231,13 @@ async fn nodes_join_drain_and_leave_under_load_without_a_failed_start() {
     .await;
     assert!(view["epoch"].as_u64().unwrap() > 1);
     for id in [4u64, 5] {
-        let (_, here) = cluster.api(id as usize).get("/v1/cluster").await;
-        assert!(
-            !here["active_here"].as_array().unwrap().is_empty(),
-            "node {id} runs the shards it leads: {here}"
-        );
+        // Activation follows the leadership a moment later.
+        eventually(10, "a joined node runs the shards it leads", || async {
+            let (_, here) = cluster.api(id as usize).get("/v1/cluster").await;
+            let active = here["active_here"].as_array()?;
+            (!active.is_empty()).then_some(())
+        })
+        .await;
     }
 
     // A joined node restarts like any member, without --join.
