@@ -284,7 +284,7 @@ fn limit(page: &Page) -> Option<usize> {
 
 /// How long a routed request refused while its shard changes leader waits
 /// for the change to settle.
-const LEADER_CHANGE_WAIT: Duration = Duration::from_millis(500);
+const ROUTED_LEADER_WAIT: Duration = Duration::from_millis(500);
 
 /// Where a shard whose leader is changing went, as a routed request on
 /// this node sees it.
@@ -295,14 +295,14 @@ enum Settled {
     Here,
 }
 
-/// Waits up to [`LEADER_CHANGE_WAIT`] until `shard` is led elsewhere or
+/// Waits up to [`ROUTED_LEADER_WAIT`] until `shard` is led elsewhere or
 /// active here.
 async fn leader_settled(
     state: &NativeState,
     peers: &crate::cluster::Peers,
     shard: u32,
 ) -> Option<Settled> {
-    let deadline = tokio::time::Instant::now() + LEADER_CHANGE_WAIT;
+    let deadline = tokio::time::Instant::now() + ROUTED_LEADER_WAIT;
     loop {
         if let Some(leader) = peers.leader_elsewhere(shard) {
             return Some(Settled::Elsewhere(peers.not_leader(shard, leader)));
