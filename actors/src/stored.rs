@@ -3,8 +3,8 @@
 //!
 //! Every transition writes the instance's head (a few fixed fields) and its
 //! journal events. The whole state (the snapshot) is written only when the
-//! instance ends, or when the journal since the last snapshot outweighs the
-//! snapshot itself: bytes written per event then stay bounded whatever the
+//! journal since the last snapshot outweighs the snapshot itself (or when an
+//! instance with bounded history ends): bytes written per event then stay bounded whatever the
 //! instance's size, and reading it back replays at most about one
 //! snapshot's worth of events.
 
@@ -32,11 +32,16 @@ pub struct Persisted {
 
 impl Persisted {
     /// Whether the transition that writes `tail_bytes` more journal bytes
-    /// should write the whole state too: when the instance ended (reads of
-    /// ended instances then replay nothing), or when the journal since the
-    /// last snapshot would outweigh it.
-    pub fn snapshot_due(&self, new_tail_bytes: usize, ended: bool) -> bool {
-        ended
+    /// should write the whole state too: when the journal since the last
+    /// snapshot would outweigh it, or when the instance ended and keeps a
+    /// bounded history (the final snapshot drops the older events).
+    ///
+    /// An ended instance otherwise keeps its short tail: a read replays at
+    /// most about a snapshot's worth of events, and a short workflow's
+    /// final state (its input and every step's input and output again)
+    /// would be most of the bytes it writes.
+    pub fn snapshot_due(&self, new_tail_bytes: usize, ended: bool, bounded_history: bool) -> bool {
+        (ended && bounded_history)
             || self.tail_bytes + new_tail_bytes
                 >= self.snapshot_bytes.max(MIN_SNAPSHOT_INTERVAL_BYTES)
     }
@@ -134,4 +139,35 @@ fn replayed(services: &Services, id: &str, stored: StoredInstance) -> Result<Loa
 /// An instance's current state as stored, or `None`.
 pub fn read(services: &Services, shard: u32, id: &str) -> Result<Option<InstanceRecord>, Error> {
     Ok(load(services, shard, id)?.map(|l| l.record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_instance_ends_without_a_snapshot_unless_its_history_is_bounded() {
+        let fresh = Persisted::default();
+        assert!(!fresh.snapshot_due(600, true, false));
+        assert!(fresh.snapshot_due(600, true, true));
+        assert!(!fresh.snapshot_due(600, false, true));
+    }
+
+    #[test]
+    fn a_snapshot_is_due_once_the_tail_outweighs_it() {
+        let small = Persisted {
+            snapshot_events: 10,
+            snapshot_bytes: 1_000,
+            tail_bytes: MIN_SNAPSHOT_INTERVAL_BYTES - 100,
+        };
+        assert!(!small.snapshot_due(99, false, false));
+        assert!(small.snapshot_due(100, false, false));
+        let big = Persisted {
+            snapshot_bytes: 100_000,
+            tail_bytes: 90_000,
+            ..small
+        };
+        assert!(!big.snapshot_due(9_999, true, false));
+        assert!(big.snapshot_due(10_000, true, false));
+    }
 }
