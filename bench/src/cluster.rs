@@ -44,7 +44,20 @@ fn free_port() -> anyhow::Result<u16> {
     }
 }
 
+/// Nodes started as members; node 4 is a spare, started only to join.
+const MEMBERS: usize = 3;
+
 impl LocalCluster {
+    /// The native addresses of the three members (the spare aside).
+    pub fn member_natives(&self) -> &[String] {
+        &self.natives[..MEMBERS]
+    }
+
+    /// The HTTP bases of the three members.
+    pub fn member_https(&self) -> &[String] {
+        &self.https[..MEMBERS]
+    }
+
     /// Starts three nodes with `shards` shards, every shard on all three.
     pub fn spawn(shards: u32) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("troupe-bench-cluster-{}", std::process::id()));
@@ -55,7 +68,7 @@ impl LocalCluster {
         for id in 1..=4 {
             let (http, native, raft) = (free_port()?, free_port()?, free_port()?);
             let control = free_port()?;
-            let list = if id <= 3 { "members" } else { "spares" };
+            let list = if id <= MEMBERS { "members" } else { "spares" };
             members.push_str(&format!(
                 "[[cluster.{list}]]\nid = {id}\nhttp-addr = \"127.0.0.1:{http}\"\n\
                  native-addr = \"127.0.0.1:{native}\"\nraft-addr = \"127.0.0.1:{raft}\"\n\
@@ -80,7 +93,7 @@ impl LocalCluster {
             natives,
             https,
         };
-        for id in 1..=3 {
+        for id in 1..=MEMBERS {
             cluster.start(id)?;
         }
         Ok(cluster)
@@ -218,7 +231,7 @@ pub async fn failover(
     // Clients talk to the survivors: the test is what waiting for new
     // leaders costs, not reconnecting a client.
     let mut clients = Vec::new();
-    for (i, native) in cluster.natives.iter().enumerate() {
+    for (i, native) in cluster.member_natives().iter().enumerate() {
         if i + 1 != victim {
             clients.push(Client::connect(native.clone()).await?);
             clients.push(Client::connect(native.clone()).await?);
@@ -280,7 +293,7 @@ pub async fn failover(
 async fn store_waiting(cluster: &LocalCluster, count: u64) -> anyhow::Result<serde_json::Value> {
     let scenario = Scenario::Timers;
     let mut clients = Vec::new();
-    for native in &cluster.natives {
+    for native in cluster.member_natives() {
         clients.push(Client::connect(native.clone()).await?);
     }
     clients[0].deploy(&scenario.definition()).await?;

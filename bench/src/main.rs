@@ -347,13 +347,13 @@ async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
         None
     };
     let members = match &local {
-        Some(local) => local.natives.clone(),
+        Some(local) => local.member_natives().to_vec(),
         None => args.cluster.clone(),
     };
     let mut target = match (&args.native, &args.http, members.first(), &local) {
         (_, _, Some(first), Some(local)) => {
             let mut target = Target::remote(first.clone(), local.https[0].clone());
-            target.others = local.https[1..].to_vec();
+            target.others = local.member_https()[1..].to_vec();
             target
         }
         (_, http, Some(first), None) => {
