@@ -1,7 +1,9 @@
 //! A shard's state machine: applying a committed entry writes its
 //! [`ShardBatch`] to the shard's tables, together with the group's applied
-//! position, in one write; followers never run the engine. A snapshot is
-//! the shard's whole key range exported under one RocksDB snapshot.
+//! position, in one write; followers never run the engine. The shard's
+//! tables are its snapshot: building one only records the applied position
+//! (so the log before it can be purged), and the key range is exported
+//! when a replica needs it.
 
 use crate::log_store::invalid;
 use crate::types::{GroupId, LogId, SnapshotMeta, StoredMembership, TypeConfig};
@@ -34,8 +36,10 @@ pub enum MetaChange {
 pub struct ShardMachine {
     store: Store,
     shard: GroupId,
-    /// The last snapshot built or installed (rebuilt on demand after a restart).
-    current: Arc<Mutex<Option<Snapshot>>>,
+    /// Where the last snapshot built or installed stands (`None` until
+    /// one is: after a restart openraft builds one again if the log was
+    /// purged).
+    current: Arc<Mutex<Option<SnapshotMeta>>>,
     /// Where the metadata group reports what it applied.
     changes: Option<mpsc::UnboundedSender<MetaChange>>,
 }
@@ -59,17 +63,18 @@ impl ShardMachine {
         }
     }
 
+    /// The applied position and membership, read together (an apply may
+    /// be writing them meanwhile).
     fn applied(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        let read = |name| -> io::Result<Option<Vec<u8>>> {
-            self.store
-                .raft_state(self.shard, name)
-                .map_err(io::Error::other)
-        };
-        let applied = match read("applied")? {
+        let [applied, membership] = self
+            .store
+            .raft_states(self.shard, ["applied", "membership"])
+            .map_err(io::Error::other)?;
+        let applied = match applied {
             Some(bytes) => Some(codec::decode(&bytes).map_err(invalid)?),
             None => None,
         };
-        let membership = match read("membership")? {
+        let membership = match membership {
             Some(bytes) => codec::decode(&bytes).map_err(invalid)?,
             None => StoredMembership::default(),
         };
@@ -81,31 +86,42 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        let this = self.clone();
-        let snapshot = tokio::task::spawn_blocking(move || -> io::Result<Snapshot> {
-            // The applied position is read with the data: nothing applies
-            // while the builder runs (openraft serialises them).
-            let (last_log_id, last_membership) = this.applied()?;
-            let mut entries: Vec<ShardEntry> = Vec::new();
-            this.store
-                .export_shard(this.shard, 1 << 20, |chunk| {
-                    entries.extend(chunk);
-                    Ok(())
-                })
-                .map_err(io::Error::other)?;
-            Ok(Snapshot {
-                meta: SnapshotMeta {
-                    last_log_id,
-                    last_membership,
-                },
-                snapshot: codec::encode(&entries),
-            })
-        })
-        .await
-        .map_err(io::Error::other)??;
+        // Everything applied is in the shard's tables, durable: the
+        // snapshot is them as they stand. Its cost must not grow with the
+        // data stored, so only the position is recorded here.
+        let (last_log_id, last_membership) = self.applied()?;
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+        };
         metrics::counter!(crate::metrics::SNAPSHOTS_BUILT_TOTAL).increment(1);
-        *self.current.lock().expect("snapshot lock") = Some(snapshot.clone());
-        Ok(snapshot)
+        *self.current.lock().expect("snapshot lock") = Some(meta.clone());
+        Ok(Snapshot {
+            meta,
+            snapshot: SnapshotData::new(),
+        })
+    }
+}
+
+impl ShardMachine {
+    /// The shard's whole key range and the position it was applied to,
+    /// read together.
+    fn export(&self) -> io::Result<Snapshot> {
+        let (last_log_id, last_membership) = self.applied()?;
+        let mut entries: Vec<ShardEntry> = Vec::new();
+        self.store
+            .export_shard(self.shard, 1 << 20, |chunk| {
+                entries.extend(chunk);
+                Ok(())
+            })
+            .map_err(io::Error::other)?;
+        Ok(Snapshot {
+            meta: SnapshotMeta {
+                last_log_id,
+                last_membership,
+            },
+            snapshot: codec::encode(&entries),
+        })
     }
 }
 
@@ -197,14 +213,22 @@ impl RaftStateMachine<TypeConfig> for ShardMachine {
         }
         metrics::counter!(crate::metrics::SNAPSHOTS_INSTALLED_TOTAL).increment(1);
         tracing::info!(shard_id = shard, last = ?meta.last_log_id, "snapshot installed");
-        *self.current.lock().expect("snapshot lock") = Some(Snapshot {
-            meta: meta.clone(),
-            snapshot: data,
-        });
+        *self.current.lock().expect("snapshot lock") = Some(meta.clone());
         Ok(())
     }
 
+    /// Asked for when a replica needs the snapshot: the tables are exported
+    /// now, with the position applied now (at or past the one recorded;
+    /// nothing applies meanwhile, this runs on the group's state machine
+    /// task).
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
-        Ok(self.current.lock().expect("snapshot lock").clone())
+        if self.current.lock().expect("snapshot lock").is_none() {
+            return Ok(None);
+        }
+        let this = self.clone();
+        let snapshot = tokio::task::spawn_blocking(move || this.export())
+            .await
+            .map_err(io::Error::other)??;
+        Ok(Some(snapshot))
     }
 }

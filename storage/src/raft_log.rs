@@ -98,6 +98,22 @@ impl Store {
             .get_cf(self.cf(keys::RAFT_STATE), keys::raft_state(group, name))?)
     }
 
+    /// Reads replication state values `names` of `group` as they stood
+    /// together at one moment (a write of several of them may be under way).
+    pub fn raft_states<const N: usize>(
+        &self,
+        group: u32,
+        names: [&str; N],
+    ) -> Result<[Option<Vec<u8>>; N]> {
+        let snapshot = self.db.snapshot();
+        let cf = self.cf(keys::RAFT_STATE);
+        let mut values = [const { None }; N];
+        for (value, name) in values.iter_mut().zip(names) {
+            *value = snapshot.get_cf(cf, keys::raft_state(group, name))?;
+        }
+        Ok(values)
+    }
+
     /// Writes replication state value `name` of `group`; with `sync`, it is
     /// durable when this returns (votes).
     pub fn put_raft_state(&self, group: u32, name: &str, value: &[u8], sync: bool) -> Result<()> {
