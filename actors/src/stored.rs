@@ -3,10 +3,10 @@
 //!
 //! Every transition writes the instance's head (a few fixed fields) and its
 //! journal events. The whole state (the snapshot) is written only when the
-//! journal since the last snapshot outweighs the snapshot itself (or when an
-//! instance with bounded history ends): bytes written per event then stay bounded whatever the
-//! instance's size, and reading it back replays at most about one
-//! snapshot's worth of events.
+//! journal since the last snapshot outweighs the snapshot itself, or when
+//! an instance ends with more than a few events after its last one: bytes
+//! written per event then stay bounded whatever the instance's size, and
+//! reading it back replays at most about one snapshot's worth of events.
 
 use crate::{Error, Services};
 use std::sync::Arc;
@@ -18,6 +18,10 @@ use troupe_storage::{InstanceHead, InstanceRecord, StoredInstance};
 /// Journal bytes after which a snapshot is taken even of a small instance
 /// (so a long-lived one replays a short tail).
 pub const MIN_SNAPSHOT_INTERVAL_BYTES: usize = 16 * 1024;
+
+/// Journal bytes an ended instance may keep after its last snapshot (its
+/// reads replay them).
+pub const MAX_ENDED_TAIL_BYTES: usize = 4 * 1024;
 
 /// What is on disk of an instance, as far as the next transition cares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,17 +37,17 @@ pub struct Persisted {
 impl Persisted {
     /// Whether the transition that writes `tail_bytes` more journal bytes
     /// should write the whole state too: when the journal since the last
-    /// snapshot would outweigh it, or when the instance ended and keeps a
-    /// bounded history (the final snapshot drops the older events).
+    /// snapshot would outweigh it, or when the instance ends with more than
+    /// a few events to replay, or with a bounded history (the final
+    /// snapshot drops the older events).
     ///
-    /// An ended instance otherwise keeps its short tail: a read replays at
-    /// most about a snapshot's worth of events, and a short workflow's
-    /// final state (its input and every step's input and output again)
-    /// would be most of the bytes it writes.
+    /// A short workflow ends without one: its final state (its input and
+    /// every step's input and output again) would be most of the bytes it
+    /// writes, and reading it back replays its few events.
     pub fn snapshot_due(&self, new_tail_bytes: usize, ended: bool, bounded_history: bool) -> bool {
-        (ended && bounded_history)
-            || self.tail_bytes + new_tail_bytes
-                >= self.snapshot_bytes.max(MIN_SNAPSHOT_INTERVAL_BYTES)
+        let tail = self.tail_bytes + new_tail_bytes;
+        (ended && (bounded_history || tail > MAX_ENDED_TAIL_BYTES))
+            || tail >= self.snapshot_bytes.max(MIN_SNAPSHOT_INTERVAL_BYTES)
     }
 
     /// About what the instance takes on disk, and so in memory, bytes.
@@ -154,6 +158,18 @@ mod tests {
     }
 
     #[test]
+    fn an_instance_that_ends_with_a_long_tail_writes_a_final_snapshot() {
+        let long = Persisted {
+            snapshot_events: 10,
+            snapshot_bytes: 1_000_000,
+            tail_bytes: MAX_ENDED_TAIL_BYTES,
+        };
+        assert!(!long.snapshot_due(1, false, false));
+        assert!(long.snapshot_due(1, true, false));
+        assert!(!Persisted::default().snapshot_due(MAX_ENDED_TAIL_BYTES, true, false));
+    }
+
+    #[test]
     fn a_snapshot_is_due_once_the_tail_outweighs_it() {
         let small = Persisted {
             snapshot_events: 10,
@@ -167,7 +183,7 @@ mod tests {
             tail_bytes: 90_000,
             ..small
         };
-        assert!(!big.snapshot_due(9_999, true, false));
-        assert!(big.snapshot_due(10_000, true, false));
+        assert!(!big.snapshot_due(9_999, false, false));
+        assert!(big.snapshot_due(10_000, false, false));
     }
 }
