@@ -3,8 +3,8 @@
 //!
 //! Every transition writes the instance's head (a few fixed fields) and its
 //! journal events. The whole state (the snapshot) is written only when the
-//! journal since the last snapshot outweighs the snapshot itself, or when
-//! an instance ends with more than a few events after its last one: bytes
+//! journal since the last snapshot outweighs the snapshot itself, and when
+//! an instance ends (unless it is a short one, a few events): bytes
 //! written per event then stay bounded whatever the instance's size, and
 //! reading it back replays at most about one snapshot's worth of events.
 
@@ -19,8 +19,8 @@ use troupe_storage::{InstanceHead, InstanceRecord, StoredInstance};
 /// (so a long-lived one replays a short tail).
 pub const MIN_SNAPSHOT_INTERVAL_BYTES: usize = 16 * 1024;
 
-/// Journal bytes an ended instance may keep after its last snapshot (its
-/// reads replay them).
+/// Journal bytes of an instance short enough to end without a snapshot
+/// (reads of it replay them).
 pub const MAX_ENDED_TAIL_BYTES: usize = 4 * 1024;
 
 /// What is on disk of an instance, as far as the next transition cares.
@@ -37,17 +37,17 @@ pub struct Persisted {
 impl Persisted {
     /// Whether the transition that writes `tail_bytes` more journal bytes
     /// should write the whole state too: when the journal since the last
-    /// snapshot would outweigh it, or when the instance ends with more than
-    /// a few events to replay, or with a bounded history (the final
-    /// snapshot drops the older events).
+    /// snapshot would outweigh it, and when the instance ends, unless it is
+    /// a short one (never snapshotted, a few events, history kept whole).
     ///
     /// A short workflow ends without one: its final state (its input and
     /// every step's input and output again) would be most of the bytes it
-    /// writes, and reading it back replays its few events.
+    /// writes, and reading it back replays its few events. A long-lived
+    /// one ends with one, so that reading it replays nothing.
     pub fn snapshot_due(&self, new_tail_bytes: usize, ended: bool, bounded_history: bool) -> bool {
         let tail = self.tail_bytes + new_tail_bytes;
-        (ended && (bounded_history || tail > MAX_ENDED_TAIL_BYTES))
-            || tail >= self.snapshot_bytes.max(MIN_SNAPSHOT_INTERVAL_BYTES)
+        let short = self.snapshot_events == 0 && tail <= MAX_ENDED_TAIL_BYTES && !bounded_history;
+        (ended && !short) || tail >= self.snapshot_bytes.max(MIN_SNAPSHOT_INTERVAL_BYTES)
     }
 
     /// About what the instance takes on disk, and so in memory, bytes.
@@ -158,15 +158,17 @@ mod tests {
     }
 
     #[test]
-    fn an_instance_that_ends_with_a_long_tail_writes_a_final_snapshot() {
-        let long = Persisted {
+    fn a_long_lived_or_long_instance_ends_with_a_snapshot() {
+        let snapshotted = Persisted {
             snapshot_events: 10,
             snapshot_bytes: 1_000_000,
-            tail_bytes: MAX_ENDED_TAIL_BYTES,
+            tail_bytes: 100,
         };
-        assert!(!long.snapshot_due(1, false, false));
-        assert!(long.snapshot_due(1, true, false));
-        assert!(!Persisted::default().snapshot_due(MAX_ENDED_TAIL_BYTES, true, false));
+        assert!(!snapshotted.snapshot_due(1, false, false));
+        assert!(snapshotted.snapshot_due(1, true, false));
+        let fresh = Persisted::default();
+        assert!(!fresh.snapshot_due(MAX_ENDED_TAIL_BYTES, true, false));
+        assert!(fresh.snapshot_due(MAX_ENDED_TAIL_BYTES + 1, true, false));
     }
 
     #[test]
