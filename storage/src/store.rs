@@ -73,11 +73,6 @@ impl Store {
         // time instead of in one burst at the end, which would queue the
         // commit's WAL fsync behind it (a latency spike per flush).
         db_options.set_bytes_per_sync(1 << 20);
-        // Flushes and compactions write at most 64 MB/s (less while less
-        // is needed: the limit tunes itself). Unlimited, an L0 -> L1
-        // compaction of the journal wrote 250 MB in under 2 s beside the
-        // WAL's fsyncs, and throughput dipped by a third meanwhile.
-        db_options.set_auto_tuned_ratelimiter(64 << 20, 100_000, 10);
         // Flushes and compactions yield the CPU to transitions, so that a
         // flush does not stall acknowledgements on a small machine.
         let mut env = rocksdb::Env::new()?;
