@@ -11,7 +11,8 @@ use futures_util::TryStreamExt;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 use troupe_protocol::codec;
 use troupe_storage::{ShardBatch, ShardEntry, Store};
@@ -36,10 +37,9 @@ pub enum MetaChange {
 pub struct ShardMachine {
     store: Store,
     shard: GroupId,
-    /// Where the last snapshot built or installed stands (`None` until
-    /// one is: after a restart openraft builds one again if the log was
-    /// purged).
-    current: Arc<Mutex<Option<SnapshotMeta>>>,
+    /// Whether a snapshot was built or installed since the node started
+    /// (after a restart openraft builds one again if the log was purged).
+    snapshotted: Arc<AtomicBool>,
     /// Where the metadata group reports what it applied.
     changes: Option<mpsc::UnboundedSender<MetaChange>>,
 }
@@ -50,7 +50,7 @@ impl ShardMachine {
         Self {
             store,
             shard,
-            current: Arc::default(),
+            snapshotted: Arc::default(),
             changes: None,
         }
     }
@@ -95,7 +95,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardMachine {
             last_membership,
         };
         metrics::counter!(crate::metrics::SNAPSHOTS_BUILT_TOTAL).increment(1);
-        *self.current.lock().expect("snapshot lock") = Some(meta.clone());
+        self.snapshotted.store(true, Ordering::Release);
         Ok(Snapshot {
             meta,
             snapshot: SnapshotData::new(),
@@ -213,7 +213,7 @@ impl RaftStateMachine<TypeConfig> for ShardMachine {
         }
         metrics::counter!(crate::metrics::SNAPSHOTS_INSTALLED_TOTAL).increment(1);
         tracing::info!(shard_id = shard, last = ?meta.last_log_id, "snapshot installed");
-        *self.current.lock().expect("snapshot lock") = Some(meta.clone());
+        self.snapshotted.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -222,7 +222,7 @@ impl RaftStateMachine<TypeConfig> for ShardMachine {
     /// nothing applies meanwhile, this runs on the group's state machine
     /// task).
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
-        if self.current.lock().expect("snapshot lock").is_none() {
+        if !self.snapshotted.load(Ordering::Acquire) {
             return Ok(None);
         }
         let this = self.clone();
