@@ -669,6 +669,9 @@ async fn digests(State(s): State<AppState>) -> Reply {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
+    if let Ok(memory) = s.runtime.services.store.memory() {
+        troupe_storage::metrics::record_memory(&memory);
+    }
     let mut response = s.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

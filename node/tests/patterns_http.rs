@@ -516,6 +516,12 @@ async fn idempotent_start_listing_and_definitions() {
             .unwrap()
             .contains("troupe_workflows_started_total")
     );
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("troupe_storage_memory_bytes{held_by=\"block_cache\"}")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,6 +110,21 @@ pub fn all_cfs() -> impl Iterator<Item = &'static str> {
         .chain([DEFINITIONS, EVENTS_SEEN, META, RAFT_LOG, RAFT_STATE])
 }
 
+/// Whether the column family `cf` is read one key at a time (and so gains
+/// from a bloom filter); the others are only ever iterated or deleted from.
+pub fn read_by_key(cf: &str) -> bool {
+    [
+        Table::Instances,
+        Table::Snapshots,
+        Table::HumanTasks,
+        Table::Incidents,
+        Table::Counters,
+    ]
+    .iter()
+    .any(|t| t.cf() == cf)
+        || [DEFINITIONS, EVENTS_SEEN, META, RAFT_STATE].contains(&cf)
+}
+
 /// Key of entry `index` of `group`'s replication log.
 pub fn raft_log(group: u32, index: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(12);

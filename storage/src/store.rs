@@ -19,6 +19,20 @@ use troupe_engine::engine::{Event, InstanceStatus, Millis, StepRun};
 /// due-order timer index.
 pub const FORMAT: u32 = 5;
 
+/// RocksDB's memory, in bytes, by what holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageMemory {
+    /// Memtables (bounded by `write_buffer_bytes`).
+    pub memtables: u64,
+    /// Open files' readers, outside the block cache.
+    pub table_readers: u64,
+    /// The block cache (bounded by `block_cache_bytes`, unless pinned
+    /// blocks exceed it).
+    pub block_cache: u64,
+    /// The part of the block cache that cannot be evicted now.
+    pub block_cache_pinned: u64,
+}
+
 /// How to open the store.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreOptions {
@@ -34,6 +48,8 @@ pub struct StoreOptions {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) db: Arc<DB>,
+    /// The block cache every column family shares.
+    cache: rocksdb::Cache,
     shards: u32,
     /// Serialises deploys (check, then write).
     deploy_lock: Arc<Mutex<()>>,
@@ -69,6 +85,10 @@ impl Store {
         db_options.create_missing_column_families(true);
         db_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         db_options.increase_parallelism(2);
+        // Compactions of different tables run side by side, so a large one
+        // (the journal's) does not hold back another table's level 0 until
+        // writes stall on it.
+        db_options.set_max_background_jobs(4);
         // Flushes and compactions write their files back a megabyte at a
         // time instead of in one burst at the end, which would queue the
         // commit's WAL fsync behind it (a latency spike per flush).
@@ -84,20 +104,44 @@ impl Store {
         let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
         let cfs = keys::all_cfs().map(|name| {
             let mut cf = Options::default();
-            // Bloom filters: a start looks up an id that usually does not
-            // exist yet, which without them reads index blocks of every file.
             let mut table = rocksdb::BlockBasedOptions::default();
-            table.set_bloom_filter(10.0, false);
+            // Bloom filters where keys are looked up one by one: a start
+            // looks up an id that usually does not exist yet, which without
+            // them reads index blocks of every file. Tables only ever
+            // iterated would pay to build filters nothing reads.
+            if keys::read_by_key(name) {
+                table.set_bloom_filter(10.0, false);
+            }
             table.set_block_cache(&cache);
             // Index and filter blocks live in the cache too, so their memory
-            // is bounded by it rather than growing with the data stored.
+            // is bounded by it rather than growing with the data stored. They
+            // are partitioned: a lookup reads one 4-KiB partition of a file's
+            // filter and index instead of the whole block, which for a large
+            // file is megabytes, and once the data outgrows the cache would
+            // be read and checksummed again on every lookup.
             table.set_cache_index_and_filter_blocks(true);
             table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+            table.set_partition_filters(true);
+            table.set_metadata_block_size(4096);
+            table.set_pin_top_level_index_and_filter(true);
             cf.set_block_based_table_factory(&table);
             // The first levels are rewritten soonest: compressing them costs
             // CPU (taken from transitions on a small machine) for little.
             use rocksdb::DBCompressionType::{Lz4, None as Plain};
             cf.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
+            // A snapshot is only looked up when a head names it, so always
+            // found: the last level, where most keys sit, needs no filter.
+            if name == Table::Snapshots.cf() {
+                cf.set_optimize_filters_for_hits(true);
+            }
+            // Instance ids spread every table's writes over its whole key
+            // range, so a compaction into a level rewrites all of it. Small
+            // levels (RocksDB's default base is 256 MiB, below which level 0
+            // goes straight to the last level) keep that rewrite bounded as
+            // the data grows instead of growing with it.
+            cf.set_max_bytes_for_level_base(32 << 20);
+            cf.set_target_file_size_base(8 << 20);
             if name == Table::Counters.cf() {
                 cf.set_merge_operator_associative("add_i64", add_i64);
             }
@@ -106,11 +150,23 @@ impl Store {
         let db = DB::open_cf_descriptors(&db_options, dir, cfs)?;
         let store = Self {
             db: Arc::new(db),
+            cache,
             shards: options.shards,
             deploy_lock: Arc::default(),
         };
         store.check_meta(options.shards)?;
         Ok(store)
+    }
+
+    /// What RocksDB holds in memory now (for the node's metrics).
+    pub fn memory(&self) -> Result<StorageMemory> {
+        let stats = rocksdb::perf::get_memory_usage_stats(Some(&[&self.db]), Some(&[&self.cache]))?;
+        Ok(StorageMemory {
+            memtables: stats.mem_table_total,
+            table_readers: stats.mem_table_readers_total,
+            block_cache: self.cache.get_usage() as u64,
+            block_cache_pinned: self.cache.get_pinned_usage() as u64,
+        })
     }
 
     fn check_meta(&self, shards: u32) -> Result<()> {

@@ -578,3 +578,36 @@ fn a_forgotten_group_leaves_no_data_log_or_state_and_spares_its_neighbours() {
     }
     assert!(store.forget_group(META_GROUP).is_err());
 }
+
+#[tokio::test]
+async fn rocksdb_memory_is_reported_and_stays_within_its_budgets() {
+    let dir = Dir::new("memory");
+    let store = open(&dir.0, 4).unwrap();
+    let committer = Committer::start(store.clone(), false, 64);
+    let padding = "x".repeat(1_000);
+    // About 30 MB through 8-MiB memtables: several flushes, then reads
+    // through the 8-MiB block cache.
+    let ids: Vec<String> = (0..30_000)
+        .map(|i| format!("mem-{i:05}-{padding}"))
+        .collect();
+    for chunk in ids.chunks(500) {
+        let mut batch = ShardBatch::new(1);
+        for id in chunk {
+            let record = instance(id, "memory", InstanceStatus::Completed, 1);
+            batch.put_head(&InstanceHead::of(&record, 0), None);
+        }
+        committer.append(batch).await.unwrap();
+    }
+    let written = store.memory().unwrap();
+    assert!(written.memtables > 0, "{written:?}");
+    // The budget starts flushes; a memtable being flushed counts until its
+    // file is written, so the bound is twice the budget, whatever the data.
+    assert!(written.memtables <= 16 << 20, "{written:?}");
+    for id in ids.iter().step_by(7) {
+        assert!(store.instance_head(1, id).unwrap().is_some());
+    }
+    let read = store.memory().unwrap();
+    assert!(read.block_cache > 0, "{read:?}");
+    assert!(read.block_cache <= 8 << 20, "{read:?}");
+    assert!(read.block_cache_pinned <= read.block_cache, "{read:?}");
+}
