@@ -75,7 +75,8 @@ pub(crate) fn batch(
         }
     }
     let mut snapshot_bytes = None;
-    let persisted = if persisted.snapshot_due(journal_bytes, record.state.status.is_terminal()) {
+    let ended = record.state.status.is_terminal();
+    let persisted = if persisted.snapshot_due(journal_bytes, ended, history_retention.is_some()) {
         let bytes = batch.put_snapshot(&record.state);
         snapshot_bytes = Some(bytes);
         // Events the snapshot includes, older than the retention, go.

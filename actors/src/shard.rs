@@ -306,6 +306,7 @@ mod tests {
             shards: 1,
             write_buffer_bytes: 8 << 20,
             block_cache_bytes: 8 << 20,
+            background_write_bytes_per_sec: 0,
         };
         let store = Store::open(&dir, options).unwrap();
         let committer = Committer::start(store.clone(), false, 64);

@@ -3,10 +3,10 @@
 //!
 //! Every transition writes the instance's head (a few fixed fields) and its
 //! journal events. The whole state (the snapshot) is written only when the
-//! instance ends, or when the journal since the last snapshot outweighs the
-//! snapshot itself: bytes written per event then stay bounded whatever the
-//! instance's size, and reading it back replays at most about one
-//! snapshot's worth of events.
+//! journal since the last snapshot outweighs the snapshot itself, and when
+//! an instance ends (unless it is a short one, a few events): bytes
+//! written per event then stay bounded whatever the instance's size, and
+//! reading it back replays at most about one snapshot's worth of events.
 
 use crate::{Error, Services};
 use std::sync::Arc;
@@ -18,6 +18,10 @@ use troupe_storage::{InstanceHead, InstanceRecord, StoredInstance};
 /// Journal bytes after which a snapshot is taken even of a small instance
 /// (so a long-lived one replays a short tail).
 pub const MIN_SNAPSHOT_INTERVAL_BYTES: usize = 16 * 1024;
+
+/// Journal bytes of an instance short enough to end without a snapshot
+/// (reads of it replay them).
+pub const MAX_ENDED_TAIL_BYTES: usize = 4 * 1024;
 
 /// What is on disk of an instance, as far as the next transition cares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,20 +36,21 @@ pub struct Persisted {
 
 impl Persisted {
     /// Whether the transition that writes `tail_bytes` more journal bytes
-    /// should write the whole state too: when the instance ended (reads of
-    /// ended instances then replay nothing), or when the journal since the
-    /// last snapshot would outweigh it.
+    /// should write the whole state too: when the journal since the last
+    /// snapshot would outweigh it, and when the instance ends, unless it is
+    /// a short one (never snapshotted, a few events, history kept whole).
     ///
-    /// The final snapshot is most of what a short workflow writes (its
-    /// input and every step's input and output again), but ending without
-    /// it was tried and undone: awaiting a result then read the journal
-    /// with an iterator over every level instead of one filtered point
-    /// read, and a 10-minute soak slid from 9,000 to 2,200 wf/s as the
-    /// data grew. Dropping it needs a cheap result read first.
-    pub fn snapshot_due(&self, new_tail_bytes: usize, ended: bool) -> bool {
-        ended
-            || self.tail_bytes + new_tail_bytes
-                >= self.snapshot_bytes.max(MIN_SNAPSHOT_INTERVAL_BYTES)
+    /// A short workflow ends without one: its final state (its input and
+    /// every step's input and output again) would be most of the bytes it
+    /// writes, and reading it back replays its few events: one seek in the
+    /// journal, whose prefix bloom filters skip every file without the
+    /// instance (without them, each read sought an index in every file and
+    /// a soak slid as the data grew). A long-lived one ends with one, so
+    /// that reading it replays nothing.
+    pub fn snapshot_due(&self, new_tail_bytes: usize, ended: bool, bounded_history: bool) -> bool {
+        let tail = self.tail_bytes + new_tail_bytes;
+        let short = self.snapshot_events == 0 && tail <= MAX_ENDED_TAIL_BYTES && !bounded_history;
+        (ended && !short) || tail >= self.snapshot_bytes.max(MIN_SNAPSHOT_INTERVAL_BYTES)
     }
 
     /// About what the instance takes on disk, and so in memory, bytes.
@@ -141,4 +146,49 @@ fn replayed(services: &Services, id: &str, stored: StoredInstance) -> Result<Loa
 /// An instance's current state as stored, or `None`.
 pub fn read(services: &Services, shard: u32, id: &str) -> Result<Option<InstanceRecord>, Error> {
     Ok(load(services, shard, id)?.map(|l| l.record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_instance_ends_without_a_snapshot_unless_its_history_is_bounded() {
+        let fresh = Persisted::default();
+        assert!(!fresh.snapshot_due(600, true, false));
+        assert!(fresh.snapshot_due(600, true, true));
+        assert!(!fresh.snapshot_due(600, false, true));
+    }
+
+    #[test]
+    fn a_long_lived_or_long_instance_ends_with_a_snapshot() {
+        let snapshotted = Persisted {
+            snapshot_events: 10,
+            snapshot_bytes: 1_000_000,
+            tail_bytes: 100,
+        };
+        assert!(!snapshotted.snapshot_due(1, false, false));
+        assert!(snapshotted.snapshot_due(1, true, false));
+        let fresh = Persisted::default();
+        assert!(!fresh.snapshot_due(MAX_ENDED_TAIL_BYTES, true, false));
+        assert!(fresh.snapshot_due(MAX_ENDED_TAIL_BYTES + 1, true, false));
+    }
+
+    #[test]
+    fn a_snapshot_is_due_once_the_tail_outweighs_it() {
+        let small = Persisted {
+            snapshot_events: 10,
+            snapshot_bytes: 1_000,
+            tail_bytes: MIN_SNAPSHOT_INTERVAL_BYTES - 100,
+        };
+        assert!(!small.snapshot_due(99, false, false));
+        assert!(small.snapshot_due(100, false, false));
+        let big = Persisted {
+            snapshot_bytes: 100_000,
+            tail_bytes: 90_000,
+            ..small
+        };
+        assert!(!big.snapshot_due(9_999, false, false));
+        assert!(big.snapshot_due(10_000, false, false));
+    }
 }

@@ -137,6 +137,9 @@ pub struct StorageConfig {
     pub write_buffer_mb: usize,
     /// RocksDB block cache shared by every column family, MiB.
     pub block_cache_mb: usize,
+    /// Most MiB a second that RocksDB flushes and compactions write (0: no
+    /// limit), so that they do not starve the fsync of group commits.
+    pub background_write_mb: usize,
     /// History retention: journal events kept before an instance's latest
     /// snapshot; older ones are dropped when a snapshot is written (the
     /// snapshot includes them, so the outcome does not change). Unset: every
@@ -152,6 +155,7 @@ impl Default for StorageConfig {
             max_batch: 4096,
             write_buffer_mb: 64,
             block_cache_mb: 64,
+            background_write_mb: 64,
             history_retention_events: None,
         }
     }

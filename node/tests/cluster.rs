@@ -16,8 +16,8 @@ const SHARDS: u32 = 4;
 const NAP: &str = "200ms";
 
 /// The configs of a `size`-member cluster keeping `replication_factor`
-/// replicas of each shard (ports picked now).
-fn configs(dir: &TempDir, size: u64, replication_factor: usize) -> Vec<Config> {
+/// replicas of each shard (ports picked now), with data under `dir`.
+fn configs(dir: &std::path::Path, size: u64, replication_factor: usize) -> Vec<Config> {
     let ports: Vec<[u16; 3]> = (0..size)
         .map(|_| [free_port(), free_port(), free_port()])
         .collect();
@@ -35,7 +35,7 @@ fn configs(dir: &TempDir, size: u64, replication_factor: usize) -> Vec<Config> {
         .map(|id| {
             let text = format!(
                 "node-id = {id}\ndata-dir = \"{}/node-{id}\"\nshards = {SHARDS}\n[engine]\npassivate-after = \"300ms\"\n[cluster]\nreplication-factor = {replication_factor}\nelection-timeout-min = \"300ms\"\nelection-timeout-max = \"600ms\"\nheartbeat-interval = \"100ms\"\n{members}",
-                dir.path().display()
+                dir.display()
             );
             let mut config = Config::from_toml(&text).unwrap();
             let me = config.cluster.as_ref().unwrap().member(id).unwrap().clone();
@@ -59,11 +59,14 @@ async fn cluster(dir: &TempDir) -> Vec<Member> {
 async fn cluster_of(dir: &TempDir, size: u64, replication_factor: usize) -> Vec<Member> {
     init_tracing();
     // A port picked free may be taken by a test running beside this one
-    // before the node binds it: then start again on other ports.
-    for _ in 0..3 {
+    // before the node binds it: then start again on other ports, in new
+    // data dirs (a node of the failed try may still hold its RocksDB lock
+    // while it stops).
+    for attempt in 0..3 {
         let mut members = Vec::new();
         let mut taken = false;
-        for config in configs(dir, size, replication_factor) {
+        let data = dir.path().join(format!("try-{attempt}"));
+        for config in configs(&data, size, replication_factor) {
             let links = LinkFilter::default();
             match Node::start_linked(config, TaskHandlers::default(), links.clone()).await {
                 Ok(node) => {
@@ -83,7 +86,6 @@ async fn cluster_of(dir: &TempDir, size: u64, replication_factor: usize) -> Vec<
         for m in members {
             m.node.shutdown().await;
         }
-        let _ = std::fs::remove_dir_all(dir.path());
     }
     panic!("no free ports for a cluster in three tries");
 }

@@ -62,6 +62,10 @@ impl Committer {
     }
 }
 
+/// A group commit this slow is logged: transitions wait for it, so it shows
+/// as a latency spike on every shard (fsync stalls of the disk, usually).
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 fn run(store: Store, rx: mpsc::Receiver<Request>, sync: bool, max_batch: usize) {
     let mut options = rocksdb::WriteOptions::default();
     options.set_sync(sync);
@@ -86,7 +90,16 @@ fn run(store: Store, rx: mpsc::Receiver<Request>, sync: bool, max_batch: usize) 
             .db
             .write_opt(batch, &options)
             .map_err(|e| e.to_string());
-        metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        if took >= SLOW_COMMIT {
+            tracing::warn!(
+                ms = took.as_millis() as u64,
+                batches = waiters.len(),
+                writes = ops,
+                "slow group commit: every transition of the node waited for it"
+            );
+        }
+        metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(took.as_secs_f64());
         metrics::histogram!(crate::metrics::COMMIT_BATCHES).record(waiters.len() as f64);
         metrics::counter!(crate::metrics::WRITES_TOTAL).increment(ops as u64);
         for done in waiters {

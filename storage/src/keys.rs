@@ -208,6 +208,25 @@ pub fn instance_prefix(shard: u32, id: &str) -> Vec<u8> {
     key
 }
 
+/// The `shard | id 0x00` prefix of a key of a table keyed by instance then
+/// more (the journal's prefix extractor: its bloom filters are built over
+/// these, so that reading one instance's events skips files without any).
+/// The whole key when it has no such prefix.
+pub fn instance_prefix_of(key: &[u8]) -> &[u8] {
+    match key
+        .get(4..)
+        .and_then(|rest| rest.iter().position(|b| *b == 0))
+    {
+        Some(end) => &key[..4 + end + 1],
+        None => key,
+    }
+}
+
+/// Whether `key` starts with an instance prefix ([`instance_prefix_of`]).
+pub fn has_instance_prefix(key: &[u8]) -> bool {
+    key.get(4..).is_some_and(|rest| rest.contains(&0))
+}
+
 /// Key of an archived step run.
 pub fn step(shard: u32, id: &str, path: &str) -> Vec<u8> {
     let mut key = instance_prefix(shard, id);

@@ -246,6 +246,7 @@ mod tests {
             shards: 4,
             write_buffer_bytes: 8 << 20,
             block_cache_bytes: 8 << 20,
+            background_write_bytes_per_sec: 0,
         };
         Store::open(dir, options).unwrap()
     }

@@ -36,6 +36,8 @@ impl Store {
         for (table, start, end) in keys::group_ranges(shard) {
             let mut options = rocksdb::ReadOptions::default();
             options.set_iterate_upper_bound(end);
+            // Across instances: not limited to one prefix (the journal's).
+            options.set_total_order_seek(true);
             let mut iter = snapshot.raw_iterator_cf_opt(self.cf(table.cf()), options);
             iter.seek(&start);
             while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
