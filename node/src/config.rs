@@ -188,7 +188,7 @@ impl Default for LimitsConfig {
         Self {
             max_body_bytes: 1 << 20,
             max_frame_bytes: troupe_protocol::frame::DEFAULT_MAX_FRAME,
-            memory_budget_mb: 256,
+            memory_budget_mb: 128,
             max_pending_per_shard: 2_000,
             max_queued_tasks: 200_000,
             max_inflight_per_connection: 1_024,
