@@ -476,33 +476,18 @@ impl Store {
             snapshot = Some(decode(cf, &bytes)?);
         }
         let prefix = keys::instance_prefix(shard, id);
-        let mut tail = Vec::new();
-        let mut tail_bytes = 0;
-        if head.events > head.snapshot_events {
-            let cf = Table::Journal.cf();
+        let (tail, tail_bytes) = if head.events > head.snapshot_events {
             let from = keys::journal(shard, id, head.snapshot_events + 1);
-            let mode = IteratorMode::From(&from, Direction::Forward);
-            for item in self.db.iterator_cf_opt(self.cf(cf), options(), mode) {
-                let (key, value) = item?;
-                if !key.starts_with(&prefix) {
-                    break;
-                }
-                tail_bytes += value.len();
-                tail.push(decode(cf, &value)?);
-            }
-        }
-        let mut timers = Vec::new();
-        if !head.status.is_terminal() {
-            let cf = Table::Timers.cf();
-            let mode = IteratorMode::From(&prefix, Direction::Forward);
-            for item in self.db.iterator_cf_opt(self.cf(cf), options(), mode) {
-                let (key, value) = item?;
-                if !key.starts_with(&prefix) {
-                    break;
-                }
-                timers.push(decode(cf, &value)?);
-            }
-        }
+            self.values_from(Table::Journal, &from, &prefix, options())?
+        } else {
+            (Vec::new(), 0)
+        };
+        let timers = if head.status.is_terminal() {
+            Vec::new()
+        } else {
+            self.values_from(Table::Timers, &prefix, &prefix, options())?
+                .0
+        };
         Ok(StoredInstance {
             head,
             snapshot,
@@ -511,6 +496,28 @@ impl Store {
             tail_bytes,
             timers,
         })
+    }
+
+    /// The values of `table` from key `from` on while keys start with
+    /// `prefix`, decoded, with their encoded size in all.
+    fn values_from<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        from: &[u8],
+        prefix: &[u8],
+        options: rocksdb::ReadOptions,
+    ) -> Result<(Vec<T>, usize)> {
+        let (mut values, mut bytes) = (Vec::new(), 0);
+        let mode = IteratorMode::From(from, Direction::Forward);
+        for item in self.db.iterator_cf_opt(self.cf(table.cf()), options, mode) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            bytes += value.len();
+            values.push(decode(table.cf(), &value)?);
+        }
+        Ok((values, bytes))
     }
 
     /// Up to `limit` archived step runs of an instance, by path, after
