@@ -65,7 +65,15 @@ impl NodeProcess {
 
     /// [`NodeProcess::spawn`] with more flags (`--node-id N`).
     pub fn spawn_with(config: &Path, log: &Path, args: &[&str]) -> Self {
-        Self::try_spawn_with(config, log, args).expect("node announces its addresses")
+        Self::try_spawn_with(config, log, args).unwrap_or_else(|| {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "node {args:?} did not announce its addresses; its log ends:\n{}",
+                tail.join("\n")
+            )
+        })
     }
 
     /// [`NodeProcess::spawn_with`], or `None` when the node exits before
@@ -369,6 +377,11 @@ pub fn upper_worker(
 }
 
 /// A loopback port free right now (for configs that name their peers' ports).
+///
+/// Tests run side by side in separate processes, and a node stopped by one
+/// of them keeps its ports in its config for its restart: each port handed
+/// out is claimed in a shared directory for as long as the test process
+/// lives, so another test never picks a port of a node that is down.
 pub fn free_port() -> u16 {
     // Below the kernel's ephemeral range (32768 and up), where the nodes'
     // own outgoing connections would take ports picked there.
@@ -382,10 +395,46 @@ pub fn free_port() -> u16 {
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(104_729)) % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if claim_port(port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+}
+
+/// Claims `port` for this process: false when a live test process holds it.
+fn claim_port(port: u16) -> bool {
+    let dir = std::env::temp_dir().join("troupe-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let claim = dir.join(port.to_string());
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&claim)
+        {
+            Ok(mut file) => {
+                use std::io::Write;
+                return write!(file, "{}", std::process::id()).is_ok();
+            }
+            Err(_) => {
+                // Held by a process that has ended: take it over.
+                let holder = std::fs::read_to_string(&claim).unwrap_or_default();
+                let alive = if holder.is_empty() {
+                    // Being written, unless left so by a crash long ago.
+                    std::fs::metadata(&claim)
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|at| at.elapsed().is_ok_and(|age| age.as_secs() < 10))
+                } else {
+                    Path::new(&format!("/proc/{}", holder.trim())).exists()
+                };
+                if alive {
+                    return false;
+                }
+                let _ = std::fs::remove_file(&claim);
+            }
+        }
+    }
+    false
 }
 
 /// A workflow of two `noop` steps around a durable timer of `nap`.
