@@ -22,7 +22,7 @@ simulate: deps
 	$(CARGO) build --release -p troupe-cli
 	@bash scripts/run-examples.sh $${CARGO_TARGET_DIR:-target}/release/troupe
 
-## bench: the standard benchmark suite (release build, about 7 minutes of
+## bench: the standard benchmark suite (release build, about 10 minutes of
 ## load); writes docs/benchmarks.md and bench/results/latest.json
 bench: deps
 	$(CARGO) build --release --workspace --bins --examples
