@@ -126,6 +126,15 @@ impl Actor for WorkflowActor {
                 if let Some(reply) = reply {
                     let _ = reply.send(result.clone());
                 }
+                if state.diverged && result.as_ref().is_err_and(|f| f.code.is_retryable()) {
+                    // The log refused the commit (the shard's leadership
+                    // moved, or no quorum answered): nothing is wrong with
+                    // the instance, so it is not restarted as a failure
+                    // (which would back off, then quarantine it). It stops,
+                    // and the next command loads it from what is durable.
+                    myself.stop(Some("commit refused by the shard's log".into()));
+                    return Ok(());
+                }
                 if storage_failed {
                     // Memory may be ahead of disk: restart from what is stored.
                     return Err(format!(
