@@ -101,17 +101,15 @@ impl Store {
         // time instead of in one burst at the end, which would queue the
         // commit's WAL fsync behind it (a latency spike per flush).
         db_options.set_bytes_per_sync(1 << 20);
-        // Flushes and compactions write at most this fast (RocksDB's
-        // auto-tuned limiter: well below it while they keep up). Unbounded,
-        // a compaction burst saturated the disk, the WAL's fsync waited
+        // Flushes and compactions write at most this fast. Unbounded, a
+        // compaction burst saturated the disk, the WAL's fsync waited
         // behind it, and every transition of the node with it (open-loop
-        // p99 200-430 ms at 80% of the peak, 35 ms at 64 MiB/s).
+        // p99 200-430 ms at 80% of the peak, 35 ms at 64 MiB/s). A fixed
+        // rate, not RocksDB's auto-tuned one: that one starts at a
+        // twentieth of it and climbs slowly, so a sudden burst of writes
+        // (a replica installing snapshots) stopped writes for seconds.
         if options.background_write_bytes_per_sec > 0 {
-            db_options.set_auto_tuned_ratelimiter(
-                options.background_write_bytes_per_sec as i64,
-                100_000,
-                10,
-            );
+            db_options.set_ratelimiter(options.background_write_bytes_per_sec as i64, 100_000, 10);
         }
         // Flushes and compactions yield the CPU to transitions, so that a
         // flush does not stall acknowledgements on a small machine.
