@@ -33,6 +33,13 @@ impl Drop for TempDir {
     }
 }
 
+/// The last 40 lines of a node's log, to say why it did not start.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
 /// A config for a test node in `dir`, listening on a free loopback port.
 pub fn config(dir: &Path) -> Config {
     Config::from_toml(&format!(
@@ -66,12 +73,9 @@ impl NodeProcess {
     /// [`NodeProcess::spawn`] with more flags (`--node-id N`).
     pub fn spawn_with(config: &Path, log: &Path, args: &[&str]) -> Self {
         Self::try_spawn_with(config, log, args).unwrap_or_else(|| {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
             panic!(
                 "node {args:?} did not announce its addresses; its log ends:\n{}",
-                tail.join("\n")
+                log_tail(log)
             )
         })
     }
