@@ -26,6 +26,7 @@ pub fn next_step(
     let mut placement = map.placement.clone();
     let mut budget = max_moving.saturating_sub(moving.len());
     let free = |shard: u32| !moving.contains(&shard);
+    let before = placement.clone();
 
     // Repair: replicas only on active members, as many as the factor asks.
     for shard in (0..map.shards).filter(|s| free(*s)) {
@@ -79,17 +80,21 @@ pub fn next_step(
         let Some(shard) = candidates.min_by_key(|s| placement[*s as usize][0] == most) else {
             break;
         };
-        for replica in placement[shard as usize].iter_mut() {
-            if *replica == most {
-                *replica = least;
-            }
-        }
+        // The newcomer goes last: it is not the preferred leader while it
+        // catches up.
+        let replicas = &mut placement[shard as usize];
+        replicas.retain(|n| *n != most);
+        replicas.push(least);
         moved.insert(shard);
         budget -= 1;
     }
 
-    // Even out preferred leaders by reordering replicas (a transfer).
-    for _ in 0..map.shards {
+    // Even out preferred leaders by reordering replicas (a transfer), once
+    // every replica is in place: leadership follows the data, so a new
+    // member leads nothing while it still catches up.
+    let settled = moving.is_empty() && placement == before;
+    let rounds = if settled { map.shards } else { 0 };
+    for _ in 0..rounds {
         let mut leads: BTreeMap<NodeId, usize> = active.iter().map(|n| (*n, 0)).collect();
         for replicas in &placement {
             if let Some(count) = replicas.first().and_then(|first| leads.get_mut(first)) {
@@ -206,6 +211,17 @@ mod tests {
     fn a_joined_member_takes_its_share_a_few_shards_at_a_time() {
         let mut map = three(8);
         map.members.push(member(4, MemberState::Active));
+        // Leadership follows the data: while replicas still move, the new
+        // member is nobody's preferred leader.
+        let first = next_step(&map, &BTreeSet::new(), 2).unwrap();
+        assert!(first.iter().any(|r| r.contains(&4)));
+        assert!(first.iter().all(|r| r[0] != 4), "{first:?}");
+        let mut moving_map = map.clone();
+        moving_map.placement = first;
+        let moving: BTreeSet<u32> = [0].into();
+        if let Some(next) = next_step(&moving_map, &moving, 2) {
+            assert!(next.iter().all(|r| r[0] != 4), "{next:?}");
+        }
         let steps = settle(&mut map, 2);
         assert!(steps >= 3, "24 replicas, 6 for the new member, 2 per step");
         let (replicas, leads) = counts(&map);
