@@ -91,9 +91,11 @@ pub fn next_step(
 
     // Even out preferred leaders by reordering replicas (a transfer), once
     // every replica is in place: leadership follows the data, so a new
-    // member leads nothing while it still catches up.
+    // member leads nothing while it still catches up. At most `max_moving`
+    // per step: a node handed many leaderships at once activates them all
+    // at once, and requests to those shards wait meanwhile.
     let settled = moving.is_empty() && placement == before;
-    let rounds = if settled { map.shards } else { 0 };
+    let rounds = if settled { max_moving.max(1) } else { 0 };
     for _ in 0..rounds {
         let mut leads: BTreeMap<NodeId, usize> = active.iter().map(|n| (*n, 0)).collect();
         for replicas in &placement {
@@ -184,6 +186,13 @@ mod tests {
         let mut steps = 0;
         while let Some(next) = next_step(map, &BTreeSet::new(), max_moving) {
             assert!(moved_shards(&map.placement, &next).len() <= max_moving);
+            let leaders_changed = (map.placement.iter().zip(&next))
+                .filter(|(before, after)| before[0] != after[0])
+                .count();
+            assert!(
+                leaders_changed <= max_moving.max(1),
+                "{leaders_changed} leaders at once"
+            );
             map.placement = next;
             steps += 1;
             assert!(steps < 100, "placement does not settle");
@@ -205,6 +214,17 @@ mod tests {
     #[test]
     fn a_balanced_map_stays_as_it_is() {
         assert_eq!(next_step(&three(8), &BTreeSet::new(), 2), None);
+    }
+
+    #[test]
+    fn a_joined_member_is_handed_its_leaderships_a_few_at_a_time() {
+        // 16 shards over 4 members: the newcomer leads 4 in the end, and
+        // `settle` checks that no step hands over more than 2 at once.
+        let mut map = three(16);
+        map.members.push(member(4, MemberState::Active));
+        settle(&mut map, 2);
+        let (_, leads) = counts(&map);
+        assert_eq!(leads.values().copied().collect::<Vec<_>>(), [4, 4, 4, 4]);
     }
 
     #[test]
