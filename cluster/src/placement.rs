@@ -26,7 +26,6 @@ pub fn next_step(
     let mut placement = map.placement.clone();
     let mut budget = max_moving.saturating_sub(moving.len());
     let free = |shard: u32| !moving.contains(&shard);
-    let before = placement.clone();
 
     // Repair: replicas only on active members, as many as the factor asks.
     for shard in (0..map.shards).filter(|s| free(*s)) {
@@ -94,7 +93,7 @@ pub fn next_step(
     // member leads nothing while it still catches up. At most `max_moving`
     // per step: a node handed many leaderships at once activates them all
     // at once, and requests to those shards wait meanwhile.
-    let settled = moving.is_empty() && placement == before;
+    let settled = moving.is_empty() && placement == map.placement;
     let rounds = if settled { max_moving.max(1) } else { 0 };
     for _ in 0..rounds {
         let mut leads: BTreeMap<NodeId, usize> = active.iter().map(|n| (*n, 0)).collect();
