@@ -251,6 +251,21 @@ pub fn window_rates(per_second: &[u64], seconds: usize) -> Vec<f64> {
         .collect()
 }
 
+/// p99 latency (ms) over consecutive windows of `seconds` of per-second
+/// histograms; a last, shorter window counts too.
+pub fn window_p99_ms(per_second: &[Histogram<u64>], seconds: usize) -> Vec<f64> {
+    per_second
+        .chunks(seconds.max(1))
+        .map(|chunk| {
+            let mut window = histogram();
+            for second in chunk {
+                window.add(second).expect("same bounds");
+            }
+            (window.value_at_quantile(0.99) as f64 / 10.0).round() / 100.0
+        })
+        .collect()
+}
+
 /// Prints a progress line every second, and samples the node's memory
 /// once per measured second.
 async fn report_progress(
@@ -286,12 +301,28 @@ async fn report_progress(
 
 #[cfg(test)]
 mod tests {
-    use super::window_rates;
+    use super::{histogram, window_p99_ms, window_rates};
 
     #[test]
     fn windows_average_whole_windows_only() {
         let per_second = [10, 10, 20, 20, 5];
         assert_eq!(window_rates(&per_second, 2), vec![10.0, 20.0]);
         assert!(window_rates(&per_second, 10).is_empty());
+    }
+
+    #[test]
+    fn a_stall_shows_in_its_own_window_only() {
+        let second = |micros: u64| {
+            let mut h = histogram();
+            h.record_n(micros, 100).expect("record");
+            h
+        };
+        let mut seconds = vec![second(2_000), second(2_000), second(3_000)];
+        seconds[2].record_n(300_000, 5).expect("record");
+        seconds.push(second(1_000));
+        let windows = window_p99_ms(&seconds, 2);
+        assert_eq!(windows.len(), 2);
+        assert!((windows[0] - 2.0).abs() < 0.01, "{windows:?}");
+        assert!((windows[1] - 300.0).abs() < 0.5, "{windows:?}");
     }
 }
