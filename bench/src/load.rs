@@ -251,9 +251,9 @@ pub fn window_rates(per_second: &[u64], seconds: usize) -> Vec<f64> {
         .collect()
 }
 
-/// p99 latency (ms) over consecutive windows of `seconds` of per-second
-/// histograms; a last, shorter window counts too.
-pub fn window_p99_ms(per_second: &[Histogram<u64>], seconds: usize) -> Vec<f64> {
+/// p99 latency (microseconds) over consecutive windows of `seconds` of
+/// per-second histograms; a last, shorter window counts too.
+pub fn window_p99s(per_second: &[Histogram<u64>], seconds: usize) -> Vec<u64> {
     per_second
         .chunks(seconds.max(1))
         .map(|chunk| {
@@ -261,7 +261,7 @@ pub fn window_p99_ms(per_second: &[Histogram<u64>], seconds: usize) -> Vec<f64> 
             for second in chunk {
                 window.add(second).expect("same bounds");
             }
-            (window.value_at_quantile(0.99) as f64 / 10.0).round() / 100.0
+            window.value_at_quantile(0.99)
         })
         .collect()
 }
@@ -301,7 +301,7 @@ async fn report_progress(
 
 #[cfg(test)]
 mod tests {
-    use super::{histogram, window_p99_ms, window_rates};
+    use super::{histogram, window_p99s, window_rates};
 
     #[test]
     fn windows_average_whole_windows_only() {
@@ -320,9 +320,9 @@ mod tests {
         let mut seconds = vec![second(2_000), second(2_000), second(3_000)];
         seconds[2].record_n(300_000, 5).expect("record");
         seconds.push(second(1_000));
-        let windows = window_p99_ms(&seconds, 2);
+        let windows = window_p99s(&seconds, 2);
         assert_eq!(windows.len(), 2);
-        assert!((windows[0] - 2.0).abs() < 0.01, "{windows:?}");
-        assert!((windows[1] - 300.0).abs() < 0.5, "{windows:?}");
+        assert_eq!(windows[0], 2_000, "{windows:?}");
+        assert!(windows[1].abs_diff(300_000) < 500, "{windows:?}");
     }
 }

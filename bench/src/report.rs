@@ -80,7 +80,10 @@ pub fn result(
         .collect();
     // p99 per window (by scheduled second), to tell a steady queue from
     // a few stalls.
-    let p99_windows = crate::load::window_p99_ms(&tally.latency_per_second, WINDOW_SECS);
+    let p99_windows: Vec<f64> = crate::load::window_p99s(&tally.latency_per_second, WINDOW_SECS)
+        .into_iter()
+        .map(ms)
+        .collect();
     json!({
         "scenario": scenario.name(),
         "load": match mode {
