@@ -29,6 +29,17 @@ pub struct NodeSide {
 /// Seconds per reported window.
 pub const WINDOW_SECS: usize = 10;
 
+/// The values of a JSON array, comma separated (empty if not an array).
+fn joined(array: &Value) -> String {
+    array.as_array().map_or_else(String::new, |values| {
+        values
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
 fn ms(micros: u64) -> f64 {
     (micros as f64 / 1000.0 * 100.0).round() / 100.0
 }
@@ -277,14 +288,10 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
         .unwrap_or(0);
     let timers_rss = timers["node_peak_rss_mb"].as_u64().unwrap_or(u64::MAX);
     let windows = |r: &Value| {
-        let all: Vec<String> = r["windows"]["workflows_per_s"]
-            .as_array()
-            .map(|w| w.iter().map(Value::to_string).collect())
-            .unwrap_or_default();
         format!(
             "slowest {} of [{}] wf/s per 10 s",
             r["windows"]["slowest"],
-            all.join(", ")
+            joined(&r["windows"]["workflows_per_s"])
         )
     };
     let targets = [
@@ -312,14 +319,7 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
             "| open loop at 80% of peak ({}/s) for 60 s: p99 < 25 ms, no error | p99 {} ms (per 10-s window: {}), {} errors | {} |",
             open80["load"]["rate"],
             open80["latency_ms"]["p99"],
-            open80["windows"]["p99_ms"]
-                .as_array()
-                .map(|w| w
-                    .iter()
-                    .map(Value::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .unwrap_or_default(),
+            joined(&open80["windows"]["p99_ms"]),
             open80["errors"]
                 .as_object()
                 .map_or(0, |e| e.values().filter_map(Value::as_u64).sum::<u64>()),
