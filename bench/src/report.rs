@@ -398,7 +398,7 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
         "Produced by `make bench` (`troupe-bench suite`) on {date}, in {secs:.0} s.\n\n\
          - Machine: {machine}\n\
          - Node: one `troupe-node` started by the harness with the default settings, 16 shards, `sync = true` (every group commit fsynced before acknowledging), fresh data dir on the local disk; load generator and workers on the same machine, native protocol, 4 client connections.\n\
-         - Runs: the headline runs (noop and workers at c=256, open loop at 80% of peak) measure {long} s after a {long_warm}-s warm-up, the others {dur} s after {warm} s; rates are also given per 10-s window. Latency is start-to-complete as the client sees it (start, then await the result), in open-loop runs counted from each scheduled send time.\n\n\
+         - Runs: the headline runs (noop and workers at c=256, open loop at 80% of peak) measure {long} s after a {long_warm}-s warm-up, the others {dur} s after {warm} s; rates are also given per 10-s window. Latency is start-to-complete as the client sees it (`Client::run`: the start's answer when the workflow ended within it, as `noop` steps let it; otherwise start, then await the result), in open-loop runs counted from each scheduled send time.\n\n\
          ### Targets\n\n| target | measured | |\n|---|---|---|\n{targets}\n\n\
          ### All runs\n\n{header}\n{table}\n\n\
          ### Big instances\n\n{big}\n\n\

@@ -287,6 +287,28 @@ impl Client {
         self.json(request, true).await
     }
 
+    /// Starts an instance and waits up to `wait` (at most 60 s) for it to
+    /// end; the answer is its view either way, `status` saying which. A
+    /// workflow whose steps all run inline (`noop` tasks, choices) has
+    /// ended by the time its start is answered: that answer is the result,
+    /// and no second request is sent.
+    pub async fn run(
+        &self,
+        definition: &str,
+        id: Option<&str>,
+        input: &Json,
+        wait: Duration,
+    ) -> Result<Json, Error> {
+        let started = self.start(definition, id, input).await?;
+        if has_ended(&started) || wait.is_zero() {
+            return Ok(started);
+        }
+        let id = started["id"]
+            .as_str()
+            .ok_or_else(|| Error::Protocol("start answered without an id".into()))?;
+        self.result(id, wait).await
+    }
+
     /// The first page of an instance's history (`{events, next_cursor}`).
     pub async fn history(&self, id: &str) -> Result<Json, Error> {
         self.history_page(id, Page::default()).await
@@ -432,4 +454,13 @@ fn generated_id(definition: &str) -> String {
         .map_or(0, |d| d.as_nanos());
     let salt = (fastrand_unit() * (1u64 << 52) as f64) as u64;
     format!("{definition}-{nanos:x}-{salt:x}")
+}
+
+/// Whether an instance view shows a terminal status (the node's terminal
+/// statuses: nothing happens to such an instance any more).
+fn has_ended(view: &Json) -> bool {
+    matches!(
+        view["status"].as_str(),
+        Some("completed" | "failed" | "compensated" | "cancelled")
+    )
 }

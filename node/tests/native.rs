@@ -158,6 +158,67 @@ async fn client_operations_pipeline_on_one_connection() {
     assert_eq!(published["delivered"], 0);
 }
 
+/// Ends within its start: its `noop` step runs inline.
+const SHORT: &str = r#"
+name: short
+version: 1
+steps:
+  - { id: a, task: noop }
+output: { n: "${input.n}" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_answers_with_the_result_in_one_request_when_it_can() {
+    let t = TestNode::start().await;
+    let client = Client::connect(t.node.native_addr().to_string())
+        .await
+        .unwrap();
+    client.deploy(SHORT).await.unwrap();
+    client.deploy(HELLO).await.unwrap();
+    let wait = Duration::from_secs(10);
+    // Ended within its start: the start's answer (it alone says `created`)
+    // is the result.
+    let short = client
+        .run("short", Some("s-1"), &json!({"n": 1}), wait)
+        .await
+        .unwrap();
+    assert_eq!(
+        (&short["status"], &short["output"], &short["created"]),
+        (&json!("completed"), &json!({"n": 1}), &json!(true)),
+        "{short:#}"
+    );
+    // Still running after its start: the answer comes from waiting.
+    let signaller = client.clone();
+    let signal = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        signaller
+            .signal("r-1", "go", None, &json!({}))
+            .await
+            .unwrap();
+    });
+    let long = client
+        .run("hi", Some("r-1"), &json!({"n": 2}), wait)
+        .await
+        .unwrap();
+    signal.await.unwrap();
+    assert_eq!(
+        (&long["status"], &long["output"], long.get("created")),
+        (&json!("completed"), &json!({"n": 2}), None),
+        "{long:#}"
+    );
+    // Not ended within the wait: its current view.
+    let waiting = client
+        .run(
+            "hi",
+            Some("r-2"),
+            &json!({"n": 3}),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap();
+    assert_eq!(waiting["status"], "waiting", "{waiting:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_close_only_their_connection() {
     let t = TestNode::start().await;
