@@ -295,6 +295,8 @@ async fn overload_is_answered_and_memory_stays_bounded() {
     )
     .unwrap();
     let node = NodeProcess::spawn(&config, &dir.path().join("node.log"));
+    // Faults on fresh memory must not zero 2 MiB at a time.
+    assert!(!node.huge_pages_enabled(), "transparent huge pages are on");
     // Work that piles up: every instance waits for a worker that never comes.
     let client = Client::connect(node.native.clone())
         .await

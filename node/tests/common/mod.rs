@@ -133,6 +133,17 @@ impl NodeProcess {
         kb * 1024
     }
 
+    /// Whether the kernel may back the process with transparent huge pages
+    /// (`THP_enabled` in its `/proc` status).
+    pub fn huge_pages_enabled(&self) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .expect("THP_enabled in /proc status");
+        value.trim() != "0"
+    }
+
     /// SIGTERM, and waits for the node to stop (it hands off what it
     /// leads first).
     pub fn terminate(mut self) {
