@@ -124,24 +124,28 @@ impl NodeProcess {
 
     /// Resident memory of the process, in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc status");
+        let kb: u64 = self
+            .status_field("VmRSS:")
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .expect("VmRSS in kB");
         kb * 1024
     }
 
-    /// Whether the kernel may back the process with transparent huge pages
-    /// (`THP_enabled` in its `/proc` status).
+    /// Whether the kernel may back the process with transparent huge pages.
     pub fn huge_pages_enabled(&self) -> bool {
+        self.status_field("THP_enabled:") != "0"
+    }
+
+    /// A field of the process's `/proc` status, trimmed.
+    fn status_field(&self, key: &str) -> String {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let value = status
-            .lines()
-            .find_map(|l| l.strip_prefix("THP_enabled:"))
-            .expect("THP_enabled in /proc status");
-        value.trim() != "0"
+        let value = status.lines().find_map(|l| l.strip_prefix(key));
+        value
+            .unwrap_or_else(|| panic!("{key} in /proc status"))
+            .trim()
+            .to_owned()
     }
 
     /// SIGTERM, and waits for the node to stop (it hands off what it
