@@ -307,6 +307,7 @@ mod tests {
             write_buffer_bytes: 8 << 20,
             block_cache_bytes: 8 << 20,
             background_write_bytes_per_sec: 0,
+            direct_io: true,
         };
         let store = Store::open(&dir, options).unwrap();
         let committer = Committer::start(store.clone(), false, 64);

@@ -5,7 +5,7 @@ use crate::Error;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 use troupe_protocol::frame::{self, LENGTH_BYTES};
@@ -125,10 +125,12 @@ async fn write_frames(
 }
 
 async fn read_frames(
-    mut read: tokio::net::tcp::OwnedReadHalf,
+    read: tokio::net::tcp::OwnedReadHalf,
     waiting: Arc<Mutex<HashMap<u64, Waiting>>>,
     closed: Arc<AtomicBool>,
 ) {
+    // Answers arrive in bursts: one read takes many frames.
+    let mut read = BufReader::with_capacity(64 << 10, read);
     let mut buf = Vec::new();
     loop {
         let mut prefix = [0u8; LENGTH_BYTES];

@@ -30,6 +30,7 @@ impl StoreBuilder<TypeConfig, LogStore, ShardMachine, Dir> for Builder {
             write_buffer_bytes: 8 << 20,
             block_cache_bytes: 8 << 20,
             background_write_bytes_per_sec: 0,
+            direct_io: true,
         };
         let store = Store::open(&dir, options).expect("store opens");
         let syncer = WalSyncer::start(store.clone(), true);

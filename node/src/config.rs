@@ -140,6 +140,10 @@ pub struct StorageConfig {
     /// Most MiB a second that RocksDB flushes and compactions write (0: no
     /// limit), so that they do not starve the fsync of group commits.
     pub background_write_mb: usize,
+    /// Flushes and compactions bypass the page cache (direct I/O) where the
+    /// data dir's file system allows it; elsewhere the node logs a warning
+    /// and uses the page cache.
+    pub direct_io: bool,
     /// History retention: journal events kept before an instance's latest
     /// snapshot; older ones are dropped when a snapshot is written (the
     /// snapshot includes them, so the outcome does not change). Unset: every
@@ -156,6 +160,7 @@ impl Default for StorageConfig {
             write_buffer_mb: 64,
             block_cache_mb: 64,
             background_write_mb: 64,
+            direct_io: true,
             history_retention_events: None,
         }
     }

@@ -66,8 +66,10 @@ impl Node {
             write_buffer_bytes: config.storage.write_buffer_mb << 20,
             block_cache_bytes: config.storage.block_cache_mb << 20,
             background_write_bytes_per_sec: config.storage.background_write_mb << 20,
+            direct_io: config.storage.direct_io,
         };
         let store = Store::open(&config.data_dir, options)?;
+        tracing::info!(direct_io = store.direct_io(), "storage opened");
         let settings = Settings {
             shards: config.shards,
             passivate_after: config.engine.passivate_after,

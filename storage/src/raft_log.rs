@@ -247,6 +247,7 @@ mod tests {
             write_buffer_bytes: 8 << 20,
             block_cache_bytes: 8 << 20,
             background_write_bytes_per_sec: 0,
+            direct_io: true,
         };
         Store::open(dir, options).unwrap()
     }

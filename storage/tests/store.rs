@@ -35,6 +35,7 @@ fn open(dir: &Path, shards: u32) -> Result<Store, Error> {
             write_buffer_bytes: 8 << 20,
             block_cache_bytes: 8 << 20,
             background_write_bytes_per_sec: 0,
+            direct_io: true,
         },
     )
 }
@@ -679,4 +680,51 @@ async fn rocksdb_memory_is_reported_and_stays_within_its_budgets() {
     assert!(read.block_cache > 0, "{read:?}");
     assert!(read.block_cache <= 8 << 20, "{read:?}");
     assert!(read.block_cache_pinned <= read.block_cache, "{read:?}");
+}
+
+#[tokio::test]
+async fn flushes_and_compactions_bypass_the_page_cache_and_their_tables_read_back() {
+    let dir = Dir::new("direct-io");
+    let store = open(&dir.0, 2).unwrap();
+    assert!(
+        store.direct_io(),
+        "the temp dir's file system allows direct I/O"
+    );
+    // RocksDB records the options it was opened with in OPTIONS-* files.
+    let options = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("OPTIONS-")
+        })
+        .max()
+        .map(|path| std::fs::read_to_string(path).unwrap())
+        .unwrap();
+    assert!(options.contains("use_direct_io_for_flush_and_compaction=true"));
+    assert!(!dir.0.join("DIRECT_IO_PROBE").exists());
+
+    let committer = Committer::start(store.clone(), false, 64);
+    for n in 0..150u64 {
+        let id = format!("d-{n:03}");
+        let shard = troupe_protocol::shard_of(&id, 2);
+        let record = instance(&id, "direct", InstanceStatus::Completed, n);
+        put(&committer, shard, &record, None).await;
+    }
+    // Written by a flush (direct I/O), read back after a reopen.
+    store.flush().unwrap();
+    drop(committer);
+    drop(store);
+    let store = open(&dir.0, 2).unwrap();
+    let page = store
+        .list(&ListQuery {
+            definition: Some("direct".into()),
+            limit: 200,
+            ..ListQuery::default()
+        })
+        .unwrap();
+    assert_eq!(page.items.len(), 150);
+    assert_eq!(page.items[149].id, "d-149");
 }
