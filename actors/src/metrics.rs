@@ -48,6 +48,8 @@ pub const TASKS_QUEUED: &str = "troupe_tasks_queued";
 pub const TASKS_LEASED_TOTAL: &str = "troupe_tasks_leased_total";
 /// Worker reports (complete, fail, heartbeat), by kind and whether accepted.
 pub const TASK_REPORTS_TOTAL: &str = "troupe_task_reports_total";
+/// Starts waiting at the start gate for room in the shards.
+pub const STARTS_WAITING: &str = "troupe_starts_waiting";
 /// Requests refused because the node was over a limit, by limit.
 pub const OVERLOADED_TOTAL: &str = "troupe_overloaded_total";
 
@@ -94,6 +96,10 @@ pub fn describe() {
     describe_gauge!(TIMERS_ARMED, "Durable timers armed");
     describe_counter!(TIMERS_FIRED_TOTAL, "Durable timers fired");
     describe_gauge!(INSTANCES_LIVE, "Instance actors held in memory");
+    describe_gauge!(
+        STARTS_WAITING,
+        "Starts waiting at the start gate for room in the shards"
+    );
     describe_gauge!(
         MEMORY_BUDGET_USED_BYTES,
         Unit::Bytes,

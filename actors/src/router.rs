@@ -2,6 +2,14 @@
 //! instance. In a cluster, a command for a shard led by another node goes
 //! there through the [`Remote`] hook (one hop); otherwise a shard that is
 //! not active here answers `unavailable`.
+//!
+//! Starts are admitted into the shards a bounded number at a time (the
+//! start gate): the others wait in their callers' tasks, which cost a few
+//! hundred bytes each, rather than as instance actors, which cost tens of
+//! kilobytes and CPU in every shard's bookkeeping. Without the gate, a
+//! short stall (a compaction, a slow disk) let thousands of instances in
+//! at once, and the node then spent more per workflow than before the
+//! stall and never caught up.
 
 use crate::shard::ShardMsg;
 use crate::{Applied, Command, Error};
@@ -11,7 +19,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use troupe_protocol::{ErrorCode, shard_of};
 
 /// The shard actors active on this node, by shard (`None`: not active).
@@ -19,6 +27,10 @@ type Slots = Vec<Option<ActorRef<ShardMsg>>>;
 
 /// Longest a command waits for a shard without a leader to get one.
 const LEADER_WAIT: Duration = Duration::from_secs(2);
+
+/// Longest a start waits at the start gate before it is refused as
+/// overloaded: the node is then truly saturated.
+const START_ADMISSION_WAIT: Duration = Duration::from_secs(2);
 
 /// A command's answer from another node.
 pub type RemoteReply = Pin<Box<dyn Future<Output = Result<Applied, Error>> + Send + 'static>>;
@@ -39,6 +51,8 @@ pub struct Router {
     /// Client commands sent to each shard and not yet answered.
     pending: Arc<Vec<AtomicUsize>>,
     max_pending: usize,
+    /// Permits for starts inside the shards (the start gate).
+    starts: Arc<Semaphore>,
 }
 
 /// Counts a client command as pending on its shard until dropped.
@@ -50,14 +64,32 @@ impl Drop for Pending<'_> {
     }
 }
 
+/// Counts a start as waiting at the start gate until dropped.
+struct WaitingStart;
+
+impl WaitingStart {
+    fn new() -> Self {
+        metrics::gauge!(crate::metrics::STARTS_WAITING).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for WaitingStart {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::STARTS_WAITING).decrement(1.0);
+    }
+}
+
 impl Router {
-    /// A router for `shards` shards, none active yet.
-    pub(crate) fn new(shards: u32, max_pending: usize) -> Self {
+    /// A router for `shards` shards, none active yet, that lets at most
+    /// `max_starts` starts into the shards at once.
+    pub(crate) fn new(shards: u32, max_pending: usize, max_starts: usize) -> Self {
         Self {
             slots: Arc::new(RwLock::new(vec![None; shards as usize])),
             remote: Arc::default(),
             pending: Arc::new((0..shards).map(|_| AtomicUsize::new(0)).collect()),
             max_pending,
+            starts: Arc::new(Semaphore::new(max_starts)),
         }
     }
 
@@ -151,8 +183,10 @@ impl Router {
     /// Sends a command and waits until it is durable (or refused). When the
     /// shard already has its limit of commands pending, the command is
     /// refused as overloaded, except worker reports: they finish work, so
-    /// they are always let through. A shard that is not active here
-    /// answers `unavailable`.
+    /// they are always let through. A start waits for room at the start
+    /// gate, and is refused as overloaded when none comes within
+    /// [`START_ADMISSION_WAIT`]. A shard that is not active here answers
+    /// `unavailable`.
     pub async fn call(&self, id: &str, command: Command) -> Result<Applied, Error> {
         let index = self.shard_of(id);
         self.await_leader(index).await;
@@ -182,6 +216,10 @@ impl Router {
         }
         pending.fetch_add(1, Ordering::Relaxed);
         let _pending = Pending(pending);
+        let _admitted = match command {
+            Command::Start { .. } => Some(self.admit_start().await?),
+            _ => None,
+        };
         let (reply, wait) = oneshot::channel();
         let inactive = || {
             Error::new(
@@ -207,6 +245,33 @@ impl Router {
                 ErrorCode::Unavailable,
                 "timed out waiting for the instance; retry",
             )),
+        }
+    }
+
+    /// Waits for room at the start gate; the permit lets the start in
+    /// until it is answered.
+    async fn admit_start(&self) -> Result<OwnedSemaphorePermit, Error> {
+        let starts = Arc::clone(&self.starts);
+        if let Ok(permit) = starts.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let admitted = {
+            let _waiting = WaitingStart::new();
+            tokio::time::timeout(START_ADMISSION_WAIT, starts.acquire_owned()).await
+        };
+        match admitted {
+            Ok(permit) => Ok(permit.expect("the start gate is never closed")),
+            Err(_) => {
+                metrics::counter!(crate::metrics::OVERLOADED_TOTAL, "limit" => "start_gate")
+                    .increment(1);
+                Err(Error::new(
+                    ErrorCode::Overloaded,
+                    format!(
+                        "no room for a new instance within {} s; retry later",
+                        START_ADMISSION_WAIT.as_secs()
+                    ),
+                ))
+            }
         }
     }
 }

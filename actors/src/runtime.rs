@@ -61,7 +61,11 @@ impl Runtime {
         handlers: TaskHandlers,
     ) -> Self {
         let budget = budget::MemoryBudget::new(settings.memory_budget_bytes);
-        let router = Router::new(settings.shards, settings.max_pending_per_shard);
+        let router = Router::new(
+            settings.shards,
+            settings.max_pending_per_shard,
+            settings.max_starts_in_flight,
+        );
         let services = Arc::new_cyclic(|weak: &std::sync::Weak<Services>| Services {
             store: store.clone(),
             log,

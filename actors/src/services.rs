@@ -29,6 +29,8 @@ pub struct Settings {
     pub restart_window: Duration,
     /// Client commands waiting or running per shard before new ones are refused.
     pub max_pending_per_shard: usize,
+    /// Starts inside the shards at once; more wait at the start gate.
+    pub max_starts_in_flight: usize,
     /// Bytes of live instances and queued work before new starts are refused.
     pub memory_budget_bytes: usize,
     /// Worker tasks waiting for a worker before new starts are refused.

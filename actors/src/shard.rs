@@ -318,6 +318,7 @@ mod tests {
             restart_budget: 5,
             restart_window: Duration::from_secs(60),
             max_pending_per_shard: 100,
+            max_starts_in_flight: 16,
             memory_budget_bytes: 64 << 20,
             max_queued_tasks: 100,
             history_retention: None,

@@ -181,6 +181,10 @@ pub struct LimitsConfig {
     pub memory_budget_mb: usize,
     /// Client commands pending per shard before new ones are refused.
     pub max_pending_per_shard: usize,
+    /// Starts let into the shards at once; the others wait their turn (at
+    /// most two seconds, then are refused as overloaded). Bounds the
+    /// instances a burst or a stall brings into memory at once.
+    pub max_starts_in_flight: usize,
     /// Worker tasks waiting for a worker before new starts are refused.
     pub max_queued_tasks: usize,
     /// Requests in flight on one native connection before the node stops
@@ -195,6 +199,7 @@ impl Default for LimitsConfig {
             max_frame_bytes: troupe_protocol::frame::DEFAULT_MAX_FRAME,
             memory_budget_mb: 128,
             max_pending_per_shard: 2_000,
+            max_starts_in_flight: 128,
             max_queued_tasks: 200_000,
             max_inflight_per_connection: 1_024,
         }
@@ -401,6 +406,10 @@ impl Config {
                 self.limits.max_pending_per_shard,
             ),
             ("limits.max-queued-tasks", self.limits.max_queued_tasks),
+            (
+                "limits.max-starts-in-flight",
+                self.limits.max_starts_in_flight,
+            ),
             (
                 "limits.max-inflight-per-connection",
                 self.limits.max_inflight_per_connection,

@@ -77,6 +77,7 @@ impl Node {
             restart_budget: config.engine.restart_budget,
             restart_window: config.engine.restart_window,
             max_pending_per_shard: config.limits.max_pending_per_shard,
+            max_starts_in_flight: config.limits.max_starts_in_flight,
             memory_budget_bytes: config.limits.memory_budget_mb << 20,
             max_queued_tasks: config.limits.max_queued_tasks,
             history_retention: config.storage.history_retention_events,

@@ -172,6 +172,10 @@ fn configs_are_validated_with_clear_errors() {
         .unwrap_err()
         .to_string();
     assert_eq!(err, "config: node-id: must be >= 1");
+    let err = Config::from_toml(&format!("{base}[limits]\nmax-starts-in-flight = 0\n"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "config: limits.max-starts-in-flight: must be >= 1");
 }
 
 #[test]
