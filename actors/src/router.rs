@@ -89,7 +89,7 @@ impl Router {
             remote: Arc::default(),
             pending: Arc::new((0..shards).map(|_| AtomicUsize::new(0)).collect()),
             max_pending,
-            starts: Arc::new(Semaphore::new(max_starts)),
+            starts: Arc::new(Semaphore::new(max_starts.min(Semaphore::MAX_PERMITS))),
         }
     }
 
