@@ -251,13 +251,13 @@ impl Router {
     /// Waits for room at the start gate; the permit lets the start in
     /// until it is answered.
     async fn admit_start(&self) -> Result<OwnedSemaphorePermit, Error> {
-        let starts = Arc::clone(&self.starts);
-        if let Ok(permit) = starts.clone().try_acquire_owned() {
+        if let Ok(permit) = Arc::clone(&self.starts).try_acquire_owned() {
             return Ok(permit);
         }
         let admitted = {
             let _waiting = WaitingStart::new();
-            tokio::time::timeout(START_ADMISSION_WAIT, starts.acquire_owned()).await
+            let permit = Arc::clone(&self.starts).acquire_owned();
+            tokio::time::timeout(START_ADMISSION_WAIT, permit).await
         };
         match admitted {
             Ok(permit) => Ok(permit.expect("the start gate is never closed")),
