@@ -64,6 +64,14 @@ struct RunArgs {
     /// Shards of the node this harness starts.
     #[arg(long, default_value_t = 16)]
     shards: u32,
+    /// More TOML for the node this harness starts (other limits, say).
+    #[arg(long, default_value = "", conflicts_with_all = ["native", "cluster", "local_cluster"])]
+    node_toml: String,
+    /// Tries per request: the client retries `overloaded` and
+    /// `unavailable` answers with backoff, as applications would (1: none,
+    /// to see every refusal).
+    #[arg(long, default_value_t = troupe_client::RetryPolicy::default().attempts)]
+    attempts: u32,
     /// Client connections.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -360,7 +368,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
             Target::remote(first.clone(), http.clone().unwrap_or_default())
         }
         (Some(native), Some(http), None, _) => Target::remote(native.clone(), http.clone()),
-        _ => Target::spawn(args.shards, "")?,
+        _ => Target::spawn(args.shards, &args.node_toml)?,
     };
     let scenario = args.scenario;
     let members = if members.is_empty() {
@@ -370,7 +378,12 @@ async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
     };
     let mut clients = Vec::new();
     for n in 0..args.connections.max(members.len()) {
-        clients.push(Client::connect(members[n % members.len()].clone()).await?);
+        let retry = troupe_client::RetryPolicy {
+            attempts: args.attempts.max(1),
+            ..Default::default()
+        };
+        let client = Client::connect(members[n % members.len()].clone()).await?;
+        clients.push(client.with_retry(retry));
     }
     clients[0].deploy(&scenario.definition()).await?;
     if let Some(task_type) = scenario.worker_task() {

@@ -69,10 +69,16 @@ pub fn result(
         ) * 1000.0
     };
     let h = &tally.latency;
+    let refused = tally
+        .errors
+        .get(crate::load::START_REFUSED)
+        .copied()
+        .unwrap_or(0);
+    let accepted = tally.started.saturating_sub(refused);
     let expected_finished = if scenario == Scenario::Timers {
         0
     } else {
-        tally.started
+        accepted
     };
     let memory_per_waiting = match (scenario, node.rss_before, node.rss_after) {
         (Scenario::Timers, Some((before, _)), Some((after, _))) if node.measured > 0 => {
@@ -129,11 +135,12 @@ pub fn result(
         "memory_per_waiting_instance_bytes": memory_per_waiting,
         "correctness": {
             "started": tally.started,
+            "refused": refused,
             "ended_as_expected": tally.ended_ok,
             "finished_on_node": finished,
-            "lost": tally.started.saturating_sub(tally.ended_ok),
+            "lost": accepted.saturating_sub(tally.ended_ok),
             "duplicated": (finished as u64).saturating_sub(expected_finished),
-            "ok": tally.ended_ok == tally.started && finished as u64 == expected_finished,
+            "ok": tally.ended_ok == accepted && finished as u64 == expected_finished,
         },
     })
 }
@@ -196,6 +203,8 @@ fn args(scenario: Scenario, concurrency: Option<usize>, rate: Option<f64>, quick
         cluster: Vec::new(),
         local_cluster: false,
         shards: 16,
+        node_toml: String::new(),
+        attempts: troupe_client::RetryPolicy::default().attempts,
         connections: 4,
         out: None,
         kill_restart: false,

@@ -114,3 +114,39 @@ fn big_instance_scenarios_run_to_their_end() {
     assert!(long["last_tenth_per_s"].as_f64().unwrap() > 0.0, "{long:#}");
     assert!(long["read_old_ms"].as_f64().unwrap() > 0.0, "{long:#}");
 }
+
+#[test]
+fn a_refused_start_is_counted_as_refused_not_lost() {
+    // One shard that takes one command at a time refuses many of 64
+    // concurrent starts as overloaded (the client does not retry here);
+    // those created nothing.
+    let r = run(&[
+        "--attempts",
+        "1",
+        "--scenario",
+        "noop",
+        "--concurrency",
+        "64",
+        "--count",
+        "2000",
+        "--shards",
+        "1",
+        "--node-toml",
+        "[limits]\nmax-pending-per-shard = 1\n",
+    ]);
+    let c = &r["correctness"];
+    let refused = c["refused"].as_u64().unwrap();
+    assert!(refused > 0, "{r:#}");
+    assert_eq!(
+        r["errors"]["start_refused"].as_u64(),
+        Some(refused),
+        "{r:#}"
+    );
+    assert_eq!(c["lost"], 0, "{r:#}");
+    assert_eq!(c["ok"], true, "{r:#}");
+    assert_eq!(
+        c["finished_on_node"].as_f64(),
+        Some((c["started"].as_u64().unwrap() - refused) as f64),
+        "{r:#}"
+    );
+}
