@@ -57,9 +57,9 @@ pub(crate) fn batch(
     let now = journal.last().map_or(0, |j| j.event.at);
     let first_seq = record.state.events_applied + 1 - journal.len() as u64;
     let mut batch = ShardBatch::new(shard);
-    let mut journal_bytes = 0;
-    for (n, entry) in journal.iter().enumerate() {
-        journal_bytes += batch.append_event(id, first_seq + n as u64, &entry.event);
+    let events: Vec<&Event> = journal.iter().map(|entry| &entry.event).collect();
+    let journal_bytes = batch.append_events(id, first_seq, &events);
+    for entry in journal {
         match &entry.event.kind {
             EventKind::TimerFired { timer } => batch.cancel_timer(id, timer, armed.remove(timer)),
             EventKind::HumanCompleted { path, .. } | EventKind::ChildEnded { path, .. } => {

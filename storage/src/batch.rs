@@ -167,9 +167,17 @@ impl ShardBatch {
         self.ops.push(BatchOp::Delete { table, key });
     }
 
-    /// Journals event `seq` of instance `id`; returns its encoded size.
-    pub fn append_event(&mut self, id: &str, seq: u64, event: &Event) -> usize {
-        self.put(Table::Journal, keys::journal(self.shard, id, seq), event)
+    /// Journals the events of one transition of instance `id`, numbered
+    /// from `first_seq` on, as one record keyed by its last number (a key
+    /// per event made flushes and compactions handle four keys for a
+    /// three-step workflow). Returns its encoded size; nothing is written
+    /// for no event.
+    pub fn append_events(&mut self, id: &str, first_seq: u64, events: &[&Event]) -> usize {
+        if events.is_empty() {
+            return 0;
+        }
+        let last = first_seq + events.len() as u64 - 1;
+        self.put(Table::Journal, keys::journal(self.shard, id, last), events)
     }
 
     /// Writes an instance's head and keeps its index entries in step;
@@ -204,8 +212,9 @@ impl ShardBatch {
         }
     }
 
-    /// Drops instance `id`'s journal events up to `seq` (history retention:
-    /// a snapshot includes them).
+    /// Drops instance `id`'s journal records whose events all come before
+    /// or at `seq` (history retention: a snapshot includes them); a record
+    /// that straddles `seq` stays whole.
     pub fn drop_history(&mut self, id: &str, seq: u64) {
         self.ops.push(BatchOp::DeleteRange {
             table: Table::Journal,
@@ -366,7 +375,7 @@ mod tests {
                 payload: serde_json::json!({"a": [1, 2]}),
             },
         };
-        batch.append_event("i", 1, &event);
+        batch.append_events("i", 1, &[&event]);
         batch.cancel_timer(
             "i",
             &TimerId {

@@ -19,7 +19,8 @@ pub enum Table {
     Snapshots,
     /// `shard | id 0x00 | path` → a step run archived out of the state.
     Steps,
-    /// `shard | id 0x00 | seq u64` → event.
+    /// `shard | id 0x00 | last seq u64` → the events of one transition,
+    /// numbered up to `last seq`.
     Journal,
     /// `shard | id 0x00 | kind u8 | attempt u32 | path` → timer record.
     Timers,
@@ -234,11 +235,17 @@ pub fn step(shard: u32, id: &str, path: &str) -> Vec<u8> {
     key
 }
 
-/// Journal key of event `seq`.
+/// Journal key of the record whose last event is `seq`.
 pub fn journal(shard: u32, id: &str, seq: u64) -> Vec<u8> {
     let mut key = instance_prefix(shard, id);
     key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+/// The sequence number a journal key ends with.
+pub fn journal_seq(key: &[u8]) -> Option<u64> {
+    let at = key.len().checked_sub(8)?;
+    key[at..].try_into().ok().map(u64::from_be_bytes)
 }
 
 /// The one-byte code of a timer kind in timer keys (stable: never reuse one).
@@ -452,6 +459,8 @@ mod tests {
             [journal(1, "a", 2), journal(1, "a", 300), journal(1, "b", 1)]
         );
         assert!(!journal(1, "ab", 7).starts_with(&instance_prefix(1, "a")));
+        assert_eq!(journal_seq(&journal(1, "a", 300)), Some(300));
+        assert_eq!(journal_seq(b"short"), None);
     }
 
     #[test]

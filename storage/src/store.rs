@@ -16,8 +16,8 @@ use troupe_engine::engine::{Event, InstanceStatus, Millis, StepRun};
 /// The storage format this build reads and writes (`meta/format`).
 /// Format 1 (keys not scoped by shard) had no `format` key; format 2
 /// rewrote the whole instance on every transition; format 3 had no
-/// due-order timer index.
-pub const FORMAT: u32 = 5;
+/// due-order timer index; format 5 journaled one key per event.
+pub const FORMAT: u32 = 6;
 
 /// RocksDB's memory, in bytes, by what holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -506,8 +506,9 @@ impl Store {
         }
         let prefix = keys::instance_prefix(shard, id);
         let (tail, tail_bytes) = if head.events > head.snapshot_events {
-            let from = keys::journal(shard, id, head.snapshot_events + 1);
-            self.values_from(Table::Journal, &from, &prefix, options())?
+            let (events, bytes) =
+                self.journal_after(shard, id, head.snapshot_events, usize::MAX, options())?;
+            (events.into_iter().map(|(_, event)| event).collect(), bytes)
         } else {
             (Vec::new(), 0)
         };
@@ -525,6 +526,42 @@ impl Store {
             tail_bytes,
             timers,
         })
+    }
+
+    /// Up to `limit` journaled events of an instance numbered after `after`,
+    /// oldest first, each with its number, and the encoded size of the
+    /// records they came from. A record is keyed by its last event, so the
+    /// first one read may begin at or before `after`: those events are
+    /// skipped.
+    fn journal_after(
+        &self,
+        shard: u32,
+        id: &str,
+        after: u64,
+        limit: usize,
+        options: rocksdb::ReadOptions,
+    ) -> Result<(Vec<(u64, Event)>, usize)> {
+        let cf = Table::Journal.cf();
+        let prefix = keys::instance_prefix(shard, id);
+        let from = keys::journal(shard, id, after.saturating_add(1));
+        let (mut events, mut bytes) = (Vec::new(), 0);
+        let mode = IteratorMode::From(&from, Direction::Forward);
+        for item in self.db.iterator_cf_opt(self.cf(cf), options, mode) {
+            let (key, value) = item?;
+            if events.len() >= limit || !key.starts_with(&prefix) {
+                break;
+            }
+            let last = keys::journal_seq(&key).ok_or(Error::Missing {
+                cf,
+                what: "the sequence number a journal key ends with",
+            })?;
+            let record: Vec<Event> = decode(cf, &value)?;
+            bytes += value.len();
+            let first = (last + 1).saturating_sub(record.len() as u64);
+            let numbered = (first..).zip(record).filter(|(seq, _)| *seq > after);
+            events.extend(numbered.take(limit - events.len()));
+        }
+        Ok((events, bytes))
     }
 
     /// The values of `table` from key `from` on while keys start with
@@ -582,18 +619,10 @@ impl Store {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, Event)>> {
-        let prefix = keys::instance_prefix(shard, id);
-        let after = after.map(|seq| keys::journal(shard, id, seq));
-        Ok(self
-            .scan(Table::Journal.cf(), &prefix, after.as_deref(), limit)?
-            .into_iter()
-            .map(|(key, event)| {
-                let seq = key[key.len() - 8..]
-                    .try_into()
-                    .map_or(0, u64::from_be_bytes);
-                (seq, event)
-            })
-            .collect())
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_prefix_same_as_start(true);
+        let after = after.unwrap_or(0);
+        Ok(self.journal_after(shard, id, after, limit, options)?.0)
     }
 
     /// Armed timers of one instance.

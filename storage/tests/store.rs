@@ -199,14 +199,11 @@ async fn a_shard_moves_whole_between_stores_and_leaves_nothing_behind() {
     let record = instance(&id, "d", InstanceStatus::Waiting, 7);
     batch.put_head(&InstanceHead::of(&record, 1), None);
     batch.put_snapshot(&record.state);
-    batch.append_event(
-        &id,
-        1,
-        &Event {
-            at: 7,
-            kind: EventKind::CancelRequested { reason: "x".into() },
-        },
-    );
+    let event = Event {
+        at: 7,
+        kind: EventKind::CancelRequested { reason: "x".into() },
+    };
+    batch.append_events(&id, 1, &[&event]);
     let timer = TimerId {
         kind: TimerKind::Wait,
         path: "nap".into(),
@@ -355,15 +352,13 @@ async fn an_instance_loads_as_its_snapshot_plus_the_journal_after_it() {
     };
     // Events 1-3 with a snapshot at 2, then event 3 alone.
     let mut batch = ShardBatch::new(1);
-    for n in 1..=2 {
-        batch.append_event("t-1", n, &event(n));
-    }
+    batch.append_events("t-1", 1, &[&event(1), &event(2)]);
     record.state.events_applied = 2;
     batch.put_snapshot(&record.state);
     batch.put_head(&InstanceHead::of(&record, 2), None);
     committer.append(batch).await.unwrap();
     let mut batch = ShardBatch::new(1);
-    let tail_bytes = batch.append_event("t-1", 3, &event(3));
+    let tail_bytes = batch.append_events("t-1", 3, &[&event(3)]);
     record.state.events_applied = 3;
     batch.put_head(&InstanceHead::of(&record, 2), None);
     let run = troupe_engine::engine::StepRun {
@@ -432,9 +427,9 @@ async fn each_instance_reads_exactly_its_own_journal_from_memtables_and_files() 
     for round in 0..3u64 {
         for id in &ids {
             let mut batch = ShardBatch::new(0);
-            for n in round * 3 + 1..=round * 3 + 3 {
-                batch.append_event(id, n, &event(id, n));
-            }
+            let first = round * 3 + 1;
+            let record: Vec<Event> = (first..first + 3).map(|n| event(id, n)).collect();
+            batch.append_events(id, first, &record.iter().collect::<Vec<_>>());
             let mut record = instance(id, "d", InstanceStatus::Running, round);
             record.state.events_applied = round * 3 + 3;
             if round == 2 {
@@ -457,6 +452,17 @@ async fn each_instance_reads_exactly_its_own_journal_from_memtables_and_files() 
         let rest = store.history(0, id, Some(4), 100).unwrap();
         let seqs: Vec<u64> = first.iter().chain(&rest).map(|(seq, _)| *seq).collect();
         assert_eq!(seqs, (1..=9).collect::<Vec<_>>(), "{id}: history pages");
+        let inside: Vec<u64> = store
+            .history(0, id, Some(4), 2)
+            .unwrap()
+            .iter()
+            .map(|(seq, _)| *seq)
+            .collect();
+        assert_eq!(
+            inside,
+            [5, 6],
+            "{id}: a page that starts and ends inside a record"
+        );
     }
     assert!(
         store
@@ -472,7 +478,22 @@ async fn each_instance_reads_exactly_its_own_journal_from_memtables_and_files() 
             Ok(())
         })
         .unwrap();
-    assert_eq!(journal, ids.len() * 9, "the export holds every event");
+    assert_eq!(journal, ids.len() * 3, "the export holds every record");
+
+    // History retention drops the records that end at or before its limit;
+    // the one that straddles it stays whole.
+    let mut batch = ShardBatch::new(0);
+    batch.drop_history("xx", 4);
+    committer.append(batch).await.unwrap();
+    let kept: Vec<u64> = store
+        .history(0, "xx", None, 100)
+        .unwrap()
+        .iter()
+        .map(|(seq, _)| *seq)
+        .collect();
+    assert_eq!(kept, (4..=9).collect::<Vec<_>>());
+    let x = store.history(0, "x", None, 100).unwrap();
+    assert_eq!(x.len(), 9, "a neighbour's journal is untouched");
 }
 
 #[test]
