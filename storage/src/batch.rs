@@ -111,7 +111,15 @@ impl ShardBatch {
     }
 
     fn put<T: Serialize + ?Sized>(&mut self, table: Table, key: Vec<u8>, value: &T) -> usize {
-        let value = codec::encode(value);
+        self.put_encoded(table, key, codec::encode(value))
+    }
+
+    /// Like [`Self::put`], for a record of a fixed shape (see `codec`).
+    fn put_compact<T: Serialize + ?Sized>(&mut self, table: Table, key: Vec<u8>, value: &T) {
+        self.put_encoded(table, key, codec::encode_compact(value));
+    }
+
+    fn put_encoded(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) -> usize {
         let size = value.len();
         self.ops.push(BatchOp::Put { table, key, value });
         size
@@ -185,10 +193,10 @@ impl ShardBatch {
     pub fn put_head(&mut self, head: &InstanceHead, previous: Option<Indexed>) {
         let shard = self.shard;
         let id = head.id.as_str();
-        self.put(Table::Instances, keys::instance(shard, id), head);
+        self.put_compact(Table::Instances, keys::instance(shard, id), head);
         let now = Indexed::of(head);
         if previous.is_none() {
-            self.put(
+            self.put_compact(
                 Table::ByDefinition,
                 keys::by_definition(shard, &head.definition, id),
                 &(),
@@ -198,13 +206,13 @@ impl ShardBatch {
             if let Some(p) = previous {
                 self.delete(Table::ByStatus, keys::by_status(shard, p.status, id));
             }
-            self.put(Table::ByStatus, keys::by_status(shard, now.status, id), &());
+            self.put_compact(Table::ByStatus, keys::by_status(shard, now.status, id), &());
         }
         if previous.map(|p| p.updated_at) != Some(now.updated_at) {
             if let Some(p) = previous {
                 self.delete(Table::ByUpdated, keys::by_updated(shard, p.updated_at, id));
             }
-            self.put(
+            self.put_compact(
                 Table::ByUpdated,
                 keys::by_updated(shard, now.updated_at, id),
                 &(),
@@ -239,13 +247,13 @@ impl ShardBatch {
     /// `replaces`: when the same timer was armed before, when it was due.
     pub fn arm_timer(&mut self, timer: &TimerRecord, replaces: Option<Millis>) {
         let key = keys::timer(self.shard, &timer.instance, &timer.timer);
-        self.put(Table::Timers, key, timer);
+        self.put_compact(Table::Timers, key, timer);
         if let Some(old) = replaces.filter(|old| *old != timer.at) {
             let due = keys::timer_due(self.shard, old, &timer.instance, &timer.timer);
             self.delete(Table::TimersDue, due);
         }
         let due = keys::timer_due(self.shard, timer.at, &timer.instance, &timer.timer);
-        self.put(Table::TimersDue, due, timer);
+        self.put_compact(Table::TimersDue, due, timer);
     }
 
     /// Removes a timer that was due at `at` (`None`: not stored).
@@ -295,7 +303,7 @@ impl ShardBatch {
     /// Routes events `name` with `correlation` to instance `id`.
     pub fn subscribe(&mut self, name: &str, correlation: Option<&str>, id: &str) {
         let key = keys::subscription(self.shard, name, correlation, id);
-        self.put(Table::Subscriptions, key, &());
+        self.put_compact(Table::Subscriptions, key, &());
     }
 
     /// Stops routing events `name` with `correlation` to `id`.

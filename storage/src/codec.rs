@@ -1,13 +1,19 @@
 //! Encoding of everything stored on disk: one version byte, then the value.
 //!
 //! Version 1 is JSON: the engine's payloads are arbitrary JSON values, which
-//! self-describing JSON keeps exact. The version byte lets a later format
-//! (bincode for fixed-shape records) be introduced without a migration.
+//! self-describing JSON keeps exact. Version 2 is the protocol's bincode, for
+//! records of a fixed shape written often (the instance head on every
+//! transition, index entries, timers): a third of the bytes, and cheaper to
+//! write and read. Bincode cannot carry a JSON value and stores enum
+//! variants by position, so only records without JSON inside are written in
+//! it, and the variants of the enums in them are only ever appended to.
+//! Reads take either version.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 const VERSION_JSON: u8 = 1;
+const VERSION_COMPACT: u8 = 2;
 
 /// A stored value that cannot be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +27,9 @@ pub enum Error {
     /// Malformed body.
     #[error("malformed value: {0}")]
     Body(#[from] serde_json::Error),
+    /// Malformed compact body.
+    #[error("malformed compact value: {0}")]
+    Compact(String),
 }
 
 /// Encodes a value with the current format.
@@ -30,11 +39,21 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     out
 }
 
-/// Decodes a value written by [`encode`].
+/// Encodes a record of a fixed shape (no JSON value inside) compactly.
+pub fn encode_compact<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let mut out = vec![VERSION_COMPACT];
+    troupe_protocol::codec::encode_into(&value, &mut out);
+    out
+}
+
+/// Decodes a value written by [`encode`] or [`encode_compact`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     match bytes.split_first() {
         None => Err(Error::Empty),
         Some((&VERSION_JSON, body)) => Ok(serde_json::from_slice(body)?),
+        Some((&VERSION_COMPACT, body)) => {
+            troupe_protocol::codec::decode(body).map_err(|e| Error::Compact(e.0))
+        }
         Some((&v, _)) => Err(Error::Version(v)),
     }
 }
@@ -53,6 +72,38 @@ mod tests {
             decode::<u32>(&[VERSION_JSON, 0xff]),
             Err(Error::Body(_))
         ));
+        assert!(matches!(
+            decode::<String>(&[VERSION_COMPACT, 0xff]),
+            Err(Error::Compact(_))
+        ));
+    }
+
+    #[test]
+    fn a_compact_head_is_less_than_half_its_json_and_either_reads_back() {
+        let head = crate::records::InstanceHead {
+            id: "order-42".into(),
+            definition: "fulfilment".into(),
+            version: 3,
+            status: troupe_engine::engine::InstanceStatus::Completed,
+            created_at: 1_796_428_690_572,
+            updated_at: 1_796_428_690_575,
+            events: 4,
+            snapshot_events: 0,
+            parent: Some(crate::records::ParentLink {
+                id: "p".into(),
+                path: "child".into(),
+            }),
+        };
+        let (json, compact) = (encode(&head), encode_compact(&head));
+        assert!(
+            compact.len() * 2 < json.len(),
+            "{compact:?} against {json:?}"
+        );
+        assert_eq!(
+            decode::<crate::records::InstanceHead>(&compact).unwrap(),
+            head
+        );
+        assert_eq!(decode::<crate::records::InstanceHead>(&json).unwrap(), head);
     }
 
     proptest! {

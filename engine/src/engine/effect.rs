@@ -22,6 +22,8 @@ pub struct TimerId {
 }
 
 /// What a timer is for.
+///
+/// Stored by position in compact records: add variants at the end only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimerKind {

@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub type Millis = u64;
 
 /// Lifecycle of an instance.
+///
+/// Stored by position in compact records: add variants at the end only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceStatus {
