@@ -672,6 +672,9 @@ async fn metrics(State(s): State<AppState>) -> Response {
     if let Ok(memory) = s.runtime.services.store.memory() {
         troupe_storage::metrics::record_memory(&memory);
     }
+    if let Ok(work) = s.runtime.services.store.background_work() {
+        troupe_storage::metrics::record_background_work(&work);
+    }
     let mut response = s.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -522,6 +522,14 @@ async fn idempotent_start_listing_and_definitions() {
             .unwrap()
             .contains("troupe_storage_memory_bytes{held_by=\"block_cache\"}")
     );
+    for gauge in [
+        "troupe_storage_level0_files ",
+        "troupe_storage_pending_compaction_bytes ",
+        "troupe_storage_compactions_running ",
+        "troupe_storage_write_stall 0",
+    ] {
+        assert!(metrics.as_str().unwrap().contains(gauge), "{gauge}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

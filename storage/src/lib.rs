@@ -40,4 +40,4 @@ pub use list::{ListOrder, ListQuery, Page};
 pub use raft_log::{Flushed, StateValue, WalSyncer};
 pub use records::*;
 pub use shard_io::ShardEntry;
-pub use store::{FORMAT, StorageMemory, Store, StoreOptions};
+pub use store::{BackgroundWork, FORMAT, StorageMemory, Store, StoreOptions};

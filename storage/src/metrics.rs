@@ -1,6 +1,6 @@
 //! Metric names of the storage crate, described once.
 
-use crate::StorageMemory;
+use crate::{BackgroundWork, StorageMemory};
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 /// Time of one group commit (write + fsync).
@@ -12,6 +12,23 @@ pub const WRITES_TOTAL: &str = "troupe_journal_ops_total";
 
 /// RocksDB's memory, by what holds it (`held_by`).
 pub const MEMORY_BYTES: &str = "troupe_storage_memory_bytes";
+
+/// Level-0 files of the table that has the most.
+pub const LEVEL0_FILES: &str = "troupe_storage_level0_files";
+/// Bytes compactions still have to rewrite.
+pub const PENDING_COMPACTION_BYTES: &str = "troupe_storage_pending_compaction_bytes";
+/// Compactions running.
+pub const COMPACTIONS_RUNNING: &str = "troupe_storage_compactions_running";
+/// Whether RocksDB holds writes back: 0 no, 1 slowed, 2 stopped.
+pub const WRITE_STALL: &str = "troupe_storage_write_stall";
+
+/// Sets the gauges of RocksDB's background work.
+pub fn record_background_work(work: &BackgroundWork) {
+    metrics::gauge!(LEVEL0_FILES).set(work.level0_files as f64);
+    metrics::gauge!(PENDING_COMPACTION_BYTES).set(work.pending_compaction_bytes as f64);
+    metrics::gauge!(COMPACTIONS_RUNNING).set(work.compactions_running as f64);
+    metrics::gauge!(WRITE_STALL).set(f64::from(work.write_stall));
+}
 
 /// Sets the [`MEMORY_BYTES`] gauges.
 pub fn record_memory(memory: &StorageMemory) {
@@ -38,5 +55,19 @@ pub fn describe() {
         MEMORY_BYTES,
         Unit::Bytes,
         "RocksDB memory by holder (memtables, table readers, block cache, its pinned part)"
+    );
+    describe_gauge!(
+        LEVEL0_FILES,
+        "Level-0 files of the table that has the most (writes slow down at 20)"
+    );
+    describe_gauge!(
+        PENDING_COMPACTION_BYTES,
+        Unit::Bytes,
+        "Bytes RocksDB's compactions still have to rewrite"
+    );
+    describe_gauge!(COMPACTIONS_RUNNING, "RocksDB compactions running");
+    describe_gauge!(
+        WRITE_STALL,
+        "Whether RocksDB holds writes back: 0 no, 1 slowed, 2 stopped"
     );
 }

@@ -33,6 +33,20 @@ pub struct StorageMemory {
     pub block_cache_pinned: u64,
 }
 
+/// How far RocksDB's flushes and compactions are behind its writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackgroundWork {
+    /// Level-0 files of the table that has the most (writes slow down at
+    /// 20, the level's compaction starts at 4).
+    pub level0_files: u64,
+    /// Bytes compactions still have to rewrite, over all tables.
+    pub pending_compaction_bytes: u64,
+    /// Compactions running now.
+    pub compactions_running: u64,
+    /// Whether RocksDB holds writes back now: 0 no, 1 slowed, 2 stopped.
+    pub write_stall: u8,
+}
+
 /// How to open the store.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreOptions {
@@ -239,6 +253,33 @@ impl Store {
             block_cache: self.cache.get_usage() as u64,
             block_cache_pinned: self.cache.get_pinned_usage() as u64,
         })
+    }
+
+    /// How far flushes and compactions are behind (for the node's metrics).
+    pub fn background_work(&self) -> Result<BackgroundWork> {
+        use rocksdb::properties as p;
+        let int = |name| Ok::<_, Error>(self.db.property_int_value(name)?.unwrap_or(0));
+        let mut work = BackgroundWork {
+            compactions_running: int(p::NUM_RUNNING_COMPACTIONS)?,
+            write_stall: if int(p::IS_WRITE_STOPPED)? > 0 {
+                2
+            } else {
+                u8::from(int(p::ACTUAL_DELAYED_WRITE_RATE)? > 0)
+            },
+            ..BackgroundWork::default()
+        };
+        for name in keys::all_cfs() {
+            let cf = self.cf(name);
+            let level0 = self
+                .db
+                .property_int_value_cf(cf, p::num_files_at_level(0))?;
+            let pending = self
+                .db
+                .property_int_value_cf(cf, p::ESTIMATE_PENDING_COMPACTION_BYTES)?;
+            work.level0_files = work.level0_files.max(level0.unwrap_or(0));
+            work.pending_compaction_bytes += pending.unwrap_or(0);
+        }
+        Ok(work)
     }
 
     fn check_meta(&self, shards: u32) -> Result<()> {

@@ -693,7 +693,30 @@ async fn rocksdb_memory_is_reported_and_stays_within_its_budgets() {
     assert!(written.memtables > 0, "{written:?}");
     // The budget starts flushes; a memtable being flushed counts until its
     // file is written, so the bound is twice the budget, whatever the data.
-    assert!(written.memtables <= 16 << 20, "{written:?}");
+    // Flushes run in the background and writes do not wait for them, and
+    // RocksDB starts them on a write: on a slow machine the bound holds once
+    // they have caught up, with writes still coming.
+    let mut settled = written;
+    for i in 0..100 {
+        if settled.memtables <= 16 << 20 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut batch = ShardBatch::new(1);
+        let record = instance(
+            &format!("mem-late-{i}"),
+            "memory",
+            InstanceStatus::Completed,
+            1,
+        );
+        batch.put_head(&InstanceHead::of(&record, 0), None);
+        committer.append(batch).await.unwrap();
+        settled = store.memory().unwrap();
+    }
+    assert!(
+        settled.memtables <= 16 << 20,
+        "{written:?} then {settled:?}"
+    );
     for id in ids.iter().step_by(7) {
         assert!(store.instance_head(1, id).unwrap().is_some());
     }
@@ -701,6 +724,29 @@ async fn rocksdb_memory_is_reported_and_stays_within_its_budgets() {
     assert!(read.block_cache > 0, "{read:?}");
     assert!(read.block_cache <= 8 << 20, "{read:?}");
     assert!(read.block_cache_pinned <= read.block_cache, "{read:?}");
+}
+
+#[tokio::test]
+async fn flushed_files_show_as_background_work() {
+    let dir = Dir::new("background");
+    let store = open(&dir.0, 2).unwrap();
+    let idle = store.background_work().unwrap();
+    assert_eq!(idle.level0_files, 0, "{idle:?}");
+    assert_eq!(idle.write_stall, 0, "{idle:?}");
+    let committer = Committer::start(store.clone(), false, 64);
+    // Two flushes: level 0 compacts at four files, so both stay there.
+    for round in 0..2 {
+        let mut batch = ShardBatch::new(1);
+        for i in 0..100 {
+            let record = instance(&format!("bg-{round}-{i}"), "bg", InstanceStatus::Running, 1);
+            batch.put_head(&InstanceHead::of(&record, 0), None);
+        }
+        committer.append(batch).await.unwrap();
+        store.flush().unwrap();
+    }
+    let flushed = store.background_work().unwrap();
+    assert_eq!(flushed.level0_files, 2, "{flushed:?}");
+    assert_eq!(flushed.write_stall, 0, "{flushed:?}");
 }
 
 #[tokio::test]
