@@ -28,11 +28,13 @@ bench: deps
 	$(CARGO) build --release --workspace --bins --examples
 	$${CARGO_TARGET_DIR:-target}/release/troupe-bench suite
 
-## soak: ten minutes of closed-loop noop load; adds throughput and memory
-## per 10-s window to docs/benchmarks.md
+## soak: ten minutes of closed-loop noop load, then ten at SOAK_RATE starts/s;
+## adds throughput, p99 and memory per 10-s window to docs/benchmarks.md
+SOAK_RATE ?= 8000
 soak: deps
 	$(CARGO) build --release --workspace --bins --examples
 	$${CARGO_TARGET_DIR:-target}/release/troupe-bench soak
+	$${CARGO_TARGET_DIR:-target}/release/troupe-bench soak --rate $(SOAK_RATE)
 
 ## test: fmt and clippy checks, then the whole test suite
 test: deps lint unit

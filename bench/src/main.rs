@@ -3,7 +3,8 @@
 //! `troupe-bench run` runs one scenario against a node it starts itself
 //! (fresh data dir, durability on) or a running node; `troupe-bench suite`
 //! runs the standard set and writes `docs/benchmarks.md`; `troupe-bench
-//! soak` runs `noop` for ten minutes and adds its timeline there.
+//! soak` runs `noop` for ten minutes (closed loop, or open with `--rate`)
+//! and adds its timeline there.
 
 mod big;
 mod cluster;
@@ -181,21 +182,26 @@ enum Cmd {
         #[arg(long, default_value_t = 16)]
         shards: u32,
     },
-    /// A long closed-loop noop run; writes throughput and memory per window
-    /// to docs/benchmarks.md.
+    /// A long noop run (closed loop, or open with --rate); writes
+    /// throughput, p99 and memory per window to docs/benchmarks.md.
     Soak {
         /// Measured time.
         #[arg(long, default_value = "10m", value_parser = humantime_duration)]
         duration: Duration,
-        /// Workflows in flight.
-        #[arg(long, default_value_t = 256)]
+        /// Workflows in flight (closed loop).
+        #[arg(long, default_value_t = 256, conflicts_with = "rate")]
         concurrency: usize,
+        /// Open loop at this many starts per second instead; written to the
+        /// `soak-open` section.
+        #[arg(long)]
+        rate: Option<f64>,
         /// Where to write the markdown summary.
         #[arg(long, default_value = "docs/benchmarks.md")]
         markdown: PathBuf,
-        /// Where to write the JSON result.
-        #[arg(long, default_value = "bench/results/soak.json")]
-        json: PathBuf,
+        /// Where to write the JSON result [default: bench/results/soak.json,
+        /// or soak-open.json with --rate].
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
@@ -264,9 +270,17 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Soak {
             duration,
             concurrency,
+            rate,
             markdown,
             json,
-        } => report::soak(&markdown, &json, duration, concurrency).await?,
+        } => {
+            let load = rate.map_or(
+                report::SoakLoad::Closed(concurrency),
+                report::SoakLoad::Open,
+            );
+            let json = json.unwrap_or_else(|| format!("bench/results/{}.json", load.name()).into());
+            report::soak(&markdown, &json, duration, load).await?
+        }
         Cmd::Failover {
             rate,
             before,

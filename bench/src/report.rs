@@ -464,16 +464,47 @@ fn settle_disk() {
     std::thread::sleep(Duration::from_secs(2));
 }
 
-/// A long closed-loop `noop` run (the soak): throughput and the node's
+/// How a soak loads the node.
+#[derive(Clone, Copy, Debug)]
+pub enum SoakLoad {
+    /// Closed loop: this many workflows in flight, so the rate shows what
+    /// the node sustains as its data grows.
+    Closed(usize),
+    /// Open loop: this many starts per second whatever the node does, so
+    /// latency and memory show whether a steady load wears it down.
+    Open(f64),
+}
+
+impl SoakLoad {
+    /// The markdown section and default JSON file of this kind of soak.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Closed(_) => "soak",
+            Self::Open(_) => "soak-open",
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Self::Closed(concurrency) => format!("closed loop, c={concurrency}"),
+            Self::Open(rate) => format!("open loop, {rate:.0} starts/s"),
+        }
+    }
+}
+
+/// A long `noop` run (the soak): throughput, p99 latency and the node's
 /// memory per window, written to its own section of the markdown.
 pub async fn soak(
     markdown: &Path,
     json_path: &Path,
     duration: Duration,
-    concurrency: usize,
+    load: SoakLoad,
 ) -> anyhow::Result<()> {
     settle_disk();
-    let mut run_args = args(Scenario::Noop, Some(concurrency), None, false);
+    let mut run_args = match load {
+        SoakLoad::Closed(concurrency) => args(Scenario::Noop, Some(concurrency), None, false),
+        SoakLoad::Open(rate) => args(Scenario::Noop, None, Some(rate), false),
+    };
     run_args.duration = duration;
     run_args.warmup = Duration::from_secs(5);
     let r = run(&run_args).await?;
@@ -481,37 +512,46 @@ pub async fn soak(
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(json_path, serde_json::to_string_pretty(&r)?)?;
-    let rates = r["windows"]["workflows_per_s"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let rss = r["windows"]["node_rss_mb"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let rows: Vec<String> = rates
-        .iter()
-        .enumerate()
-        .map(|(i, rate)| {
-            let rss = rss.get(i).map_or("–".to_owned(), Value::to_string);
+    let column = |name: &str| r["windows"][name].as_array().cloned().unwrap_or_default();
+    let (rates, p99s, rss) = (
+        column("workflows_per_s"),
+        column("p99_ms"),
+        column("node_rss_mb"),
+    );
+    let cell = |values: &[Value], i: usize| values.get(i).map_or("–".to_owned(), Value::to_string);
+    let rows: Vec<String> = (0..rates.len())
+        .map(|i| {
             format!(
-                "| {}–{} s | {rate} | {rss} |",
+                "| {}–{} s | {} | {} | {} |",
                 i * WINDOW_SECS,
-                (i + 1) * WINDOW_SECS
+                (i + 1) * WINDOW_SECS,
+                cell(&rates, i),
+                cell(&p99s, i),
+                cell(&rss, i),
             )
         })
         .collect();
+    let command = match load {
+        SoakLoad::Closed(_) => "troupe-bench soak".to_owned(),
+        SoakLoad::Open(rate) => format!("troupe-bench soak --rate {rate:.0}"),
+    };
     let generated = format!(
-        "Produced by `make soak` (`troupe-bench soak`) on {date}: closed loop, `noop`, c={concurrency}, {mins:.0} min measured after a 5-s warm-up, one node with default settings and `sync = true`; machine: {machine}.\n\n\
-         Mean {mean} wf/s; slowest 10-s window {slowest} wf/s ({ratio:.0}% of the fastest); {errors} errors; exactly once: {ok}; peak RSS {peak} MB.\n\n\
-         | window | wf/s | node RSS at its start, MB |\n|---|---|---|\n{rows}\n\n\
+        "Produced by `make soak` (`{command}`) on {date}: {load}, `noop`, {mins:.0} min measured after a 5-s warm-up, one node with default settings and `sync = true`; machine: {machine}.\n\n\
+         Mean {mean} wf/s; slowest 10-s window {slowest} wf/s ({ratio:.0}% of the fastest); p99 {p99} ms (worst window's p99 {worst_p99} ms); {errors} errors; exactly once: {ok}; peak RSS {peak} MB.\n\n\
+         | window | wf/s | p99 ms | node RSS at its start, MB |\n|---|---|---|---|\n{rows}\n\n\
          Raw result: `{json}`.",
         date = today(),
+        load = load.describe(),
         mins = duration.as_secs_f64() / 60.0,
         machine = machine(),
         mean = r["workflows_per_s"],
         slowest = r["windows"]["slowest"],
         ratio = r["windows"]["slowest_to_fastest"].as_f64().unwrap_or(0.0) * 100.0,
+        p99 = r["latency_ms"]["p99"],
+        worst_p99 = p99s
+            .iter()
+            .filter_map(Value::as_f64)
+            .fold(0.0_f64, f64::max),
         errors = r["errors"]
             .as_object()
             .map_or(0, |e| e.values().filter_map(Value::as_u64).sum::<u64>()),
@@ -524,7 +564,7 @@ pub async fn soak(
         rows = rows.join("\n"),
         json = json_path.display(),
     );
-    write_section(markdown, "soak", &generated)?;
+    write_section(markdown, load.name(), &generated)?;
     eprintln!("wrote {} and {}", markdown.display(), json_path.display());
     Ok(())
 }
@@ -585,7 +625,7 @@ fn machine() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::write_section;
+    use super::{SoakLoad, write_section};
 
     #[test]
     fn sections_are_replaced_and_the_text_around_them_kept() {
@@ -610,5 +650,23 @@ mod tests {
             text.trim_end().ends_with("r2\n<!-- results:end -->"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_two_soaks_write_sections_of_their_own() {
+        let path =
+            std::env::temp_dir().join(format!("troupe-bench-soaks-{}.md", std::process::id()));
+        std::fs::write(&path, "# B\n").unwrap();
+        let closed = SoakLoad::Closed(256).name();
+        let open = SoakLoad::Open(8000.0).name();
+        write_section(&path, closed, "closed 1").unwrap();
+        write_section(&path, open, "open 1").unwrap();
+        write_section(&path, closed, "closed 2").unwrap();
+        write_section(&path, open, "open 2").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(text.matches("closed 2").count(), 1, "{text}");
+        assert_eq!(text.matches("open 2").count(), 1, "{text}");
+        assert!(!text.contains(" 1\n"), "{text}");
     }
 }
