@@ -490,6 +490,14 @@ impl SoakLoad {
             Self::Open(rate) => format!("open loop, {rate:.0} starts/s"),
         }
     }
+
+    /// The command that runs this soak.
+    fn command(self) -> String {
+        match self {
+            Self::Closed(_) => "troupe-bench soak".to_owned(),
+            Self::Open(rate) => format!("troupe-bench soak --rate {rate:.0}"),
+        }
+    }
 }
 
 /// A long `noop` run (the soak): throughput, p99 latency and the node's
@@ -531,15 +539,12 @@ pub async fn soak(
             )
         })
         .collect();
-    let command = match load {
-        SoakLoad::Closed(_) => "troupe-bench soak".to_owned(),
-        SoakLoad::Open(rate) => format!("troupe-bench soak --rate {rate:.0}"),
-    };
     let generated = format!(
         "Produced by `make soak` (`{command}`) on {date}: {load}, `noop`, {mins:.0} min measured after a 5-s warm-up, one node with default settings and `sync = true`; machine: {machine}.\n\n\
          Mean {mean} wf/s; slowest 10-s window {slowest} wf/s ({ratio:.0}% of the fastest); p99 {p99} ms (worst window's p99 {worst_p99} ms); {errors} errors; exactly once: {ok}; peak RSS {peak} MB.\n\n\
          | window | wf/s | p99 ms | node RSS at its start, MB |\n|---|---|---|---|\n{rows}\n\n\
          Raw result: `{json}`.",
+        command = load.command(),
         date = today(),
         load = load.describe(),
         mins = duration.as_secs_f64() / 60.0,
