@@ -21,6 +21,7 @@ mod live;
 mod log;
 pub mod metrics;
 pub mod queue;
+mod retention;
 mod router;
 mod runtime;
 mod services;

@@ -39,6 +39,8 @@ pub const INSTANCES_LIVE: &str = "troupe_instances_live";
 pub const MEMORY_BUDGET_USED_BYTES: &str = "troupe_memory_budget_used_bytes";
 /// Rounds of passivating idle instances because memory was short.
 pub const MEMORY_SHEDS_TOTAL: &str = "troupe_memory_sheds_total";
+/// Ended instances deleted after their retention.
+pub const INSTANCES_PURGED_TOTAL: &str = "troupe_instances_purged_total";
 /// Instance actors restarted after a failure.
 pub const INSTANCE_RESTARTS_TOTAL: &str = "troupe_instance_restarts_total";
 
@@ -112,6 +114,10 @@ pub fn describe() {
     describe_counter!(
         INSTANCE_RESTARTS_TOTAL,
         "Instance actors restarted after a failure"
+    );
+    describe_counter!(
+        INSTANCES_PURGED_TOTAL,
+        "Ended instances deleted after their retention"
     );
     describe_gauge!(TASKS_QUEUED, "Worker task attempts waiting for a worker");
     describe_counter!(TASKS_LEASED_TOTAL, "Task attempts handed to workers");

@@ -88,6 +88,9 @@ impl Runtime {
         });
         tokio::spawn(apply_deferred_starts(Arc::downgrade(&services)));
         tokio::spawn(shed_under_pressure(Arc::downgrade(&services)));
+        if let Some(retention) = settings.retention {
+            crate::retention::start(Arc::downgrade(&services), retention);
+        }
         Self { services }
     }
 

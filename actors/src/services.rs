@@ -38,6 +38,9 @@ pub struct Settings {
     /// Journal events kept before an instance's latest snapshot (`None`:
     /// the whole history).
     pub history_retention: Option<u64>,
+    /// How long ended instances are kept before they are deleted (`None`:
+    /// for ever).
+    pub retention: Option<Duration>,
 }
 
 /// Everything the actors share.

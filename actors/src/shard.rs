@@ -322,6 +322,7 @@ mod tests {
             memory_budget_bytes: 64 << 20,
             max_queued_tasks: 100,
             history_retention: None,
+            retention: None,
         };
         let runtime = Runtime::start(
             store,

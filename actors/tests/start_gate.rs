@@ -69,6 +69,7 @@ async fn world(name: &str, max_starts_in_flight: usize) -> World {
         memory_budget_bytes: 64 << 20,
         max_queued_tasks: 100,
         history_retention: None,
+        retention: None,
     };
     let runtime = Runtime::start(store, log.clone(), settings, TaskHandlers::default())
         .await

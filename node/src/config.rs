@@ -150,6 +150,11 @@ pub struct StorageConfig {
     /// instance keeps its whole history.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history_retention_events: Option<u64>,
+    /// How long an ended instance (completed, failed, compensated or
+    /// cancelled) stays readable; then it is deleted whole and its id may
+    /// start a new instance. `"never"` keeps every instance.
+    #[serde(with = "crate::duration_serde::or_never")]
+    pub retention: Option<Duration>,
 }
 
 impl Default for StorageConfig {
@@ -162,6 +167,7 @@ impl Default for StorageConfig {
             background_write_mb: 64,
             direct_io: true,
             history_retention_events: None,
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }
@@ -386,6 +392,13 @@ impl Config {
         }
         if self.engine.timer_window < Duration::from_secs(1) {
             return invalid("engine.timer-window", "must be >= 1s");
+        }
+        if self
+            .storage
+            .retention
+            .is_some_and(|r| r < Duration::from_secs(1))
+        {
+            return invalid("storage.retention", "must be >= 1s (or \"never\")");
         }
         if self.storage.write_buffer_mb < 4 {
             return invalid("storage.write-buffer-mb", "must be >= 4");

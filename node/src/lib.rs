@@ -81,6 +81,7 @@ impl Node {
             memory_budget_bytes: config.limits.memory_budget_mb << 20,
             max_queued_tasks: config.limits.max_queued_tasks,
             history_retention: config.storage.history_retention_events,
+            retention: config.storage.retention,
         };
         let (runtime, peers) = match &config.cluster {
             None => {

@@ -176,6 +176,28 @@ fn configs_are_validated_with_clear_errors() {
         .unwrap_err()
         .to_string();
     assert_eq!(err, "config: limits.max-starts-in-flight: must be >= 1");
+    let retention =
+        |value: &str| Config::from_toml(&format!("{base}[storage]\nretention = {value}\n"));
+    assert_eq!(
+        Config::from_toml(base).unwrap().storage.retention,
+        Some(std::time::Duration::from_secs(7 * 86_400)),
+        "a week by default"
+    );
+    assert_eq!(retention("\"never\"").unwrap().storage.retention, None);
+    assert_eq!(
+        retention("\"90s\"").unwrap().storage.retention,
+        Some(std::time::Duration::from_secs(90))
+    );
+    let err = retention("\"0s\"").unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "config: storage.retention: must be >= 1s (or \"never\")"
+    );
+    let err = retention("\"forever\"").unwrap_err().to_string();
+    assert!(
+        err.contains("invalid duration \"forever\" (or \"never\")"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -57,6 +57,16 @@ async fn cluster(dir: &TempDir) -> Vec<Member> {
 }
 
 async fn cluster_of(dir: &TempDir, size: u64, replication_factor: usize) -> Vec<Member> {
+    cluster_with(dir, size, replication_factor, |_| {}).await
+}
+
+/// A cluster whose configs `tweak` changes before the nodes start.
+async fn cluster_with(
+    dir: &TempDir,
+    size: u64,
+    replication_factor: usize,
+    tweak: fn(&mut Config),
+) -> Vec<Member> {
     init_tracing();
     // A port picked free may be taken by a test running beside this one
     // before the node binds it: then start again on other ports, in new
@@ -66,7 +76,8 @@ async fn cluster_of(dir: &TempDir, size: u64, replication_factor: usize) -> Vec<
         let mut members = Vec::new();
         let mut taken = false;
         let data = dir.path().join(format!("try-{attempt}"));
-        for config in configs(&data, size, replication_factor) {
+        for mut config in configs(&data, size, replication_factor) {
+            tweak(&mut config);
             let links = LinkFilter::default();
             match Node::start_linked(config, TaskHandlers::default(), links.clone()).await {
                 Ok(node) => {
@@ -503,6 +514,69 @@ steps:
 }
 
 /// A suffix that differs from call to call.
+/// Retention's deletions go through each shard's replication group: every
+/// replica deletes the same keys and the shards stay identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_replica_deletes_instances_past_retention() {
+    let dir = TempDir::new("cluster-retention");
+    let members = cluster_with(&dir, 3, 3, |config| {
+        config.storage.retention = Some(Duration::from_secs(1));
+    })
+    .await;
+    leaders(&members).await;
+    deploy_retrying(
+        &members[0].api,
+        "name: quick\nversion: 1\nsteps:\n  - { id: a, task: noop }\n",
+    )
+    .await;
+    deploy_retrying(&members[0].api, &nap_flow("1h")).await;
+    let ended: Vec<String> = (0..SHARDS).map(|shard| id_on(shard, 0)).collect();
+    let waiting: Vec<String> = (0..SHARDS).map(|shard| id_on(shard, 1)).collect();
+    for (n, (done, wait)) in ended.iter().zip(&waiting).enumerate() {
+        let api = &members[n % members.len()].api;
+        assert!(api.start_retrying("quick", done, json!({})).await);
+        assert!(api.start_retrying("flow", wait, json!({})).await);
+    }
+    eventually(
+        20,
+        "every replica to delete the ended instances",
+        || async {
+            let gone = members.iter().all(|m| {
+                let store = &m.node.runtime().services.store;
+                (0..SHARDS).all(|shard| {
+                    store
+                        .instance_head(shard, &ended[shard as usize])
+                        .unwrap()
+                        .is_none()
+                })
+            });
+            gone.then_some(())
+        },
+    )
+    .await;
+    for shard in 0..SHARDS {
+        let digests = eventually(10, "replicas to agree", || async {
+            let d = digests(&members, shard).await;
+            d.iter().all(|x| *x == d[0]).then_some(d)
+        })
+        .await;
+        assert_eq!(digests.len(), 3);
+        for m in &members {
+            let store = &m.node.runtime().services.store;
+            let head = store
+                .instance_head(shard, &waiting[shard as usize])
+                .unwrap();
+            assert!(
+                head.is_some(),
+                "the waiting instance stays on every replica"
+            );
+        }
+    }
+    for m in members {
+        m.node.shutdown().await;
+    }
+}
+
 fn rand_suffix() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,6 +1,7 @@
 //! What a node keeps in memory: ended instances leave at once, and waiting
 //! ones are shed when the memory budget runs short, so a node with a small
-//! budget still takes every start.
+//! budget still takes every start. And on disk: ended instances are deleted
+//! after their retention.
 
 mod common;
 
@@ -124,4 +125,85 @@ async fn waiting_instances_are_shed_when_memory_runs_short() {
     assert_eq!(status, 200, "{body}");
     api.wait_status("nap-0", "cancelled").await;
     node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_instances_are_deleted_after_their_retention_and_waiting_ones_stay() {
+    let dir = TempDir::new("memory-retention");
+    let (node, api) = common::node_with(&dir, "[storage]\nretention = \"2s\"\n").await;
+    api.deploy(
+        "name: quick\nversion: 1\nsteps:\n  - { id: a, task: noop }\n  - { id: b, task: noop }\n",
+    )
+    .await;
+    api.deploy("name: doomed\nversion: 1\nsteps:\n  - { id: a, fail: { code: nope } }\n")
+        .await;
+    api.deploy("name: sleepy\nversion: 1\nsteps:\n  - { id: nap, wait: 1h }\n")
+        .await;
+    for n in 0..20 {
+        let view = api.start("quick", &format!("q-{n}"), json!({"n": n})).await;
+        assert_eq!(view["status"], "completed", "{view}");
+    }
+    assert_eq!(
+        api.start("doomed", "d-1", json!({})).await["status"],
+        "failed"
+    );
+    api.start("sleepy", "s-1", json!({})).await;
+    // Within its retention an ended instance is readable and its id taken.
+    assert_eq!(api.workflow("q-0").await["status"], "completed");
+    let other_input = json!({"definition": "quick", "id": "q-0", "input": {"n": 99}});
+    let (status, body) = api.post("/v1/workflows", other_input.clone()).await;
+    assert_eq!(status, 409, "{body}");
+
+    eventually(15, "ended instances to be deleted", || async {
+        (api.metric("troupe_instances_purged_total").await == 21.0).then_some(())
+    })
+    .await;
+    for id in ["q-0", "q-19", "d-1"] {
+        let (status, body) = api.get(&format!("/v1/workflows/{id}")).await;
+        assert_eq!(status, 404, "{id}: {body}");
+        let (status, _) = api.get(&format!("/v1/workflows/{id}/history")).await;
+        assert_eq!(status, 404, "history of {id}");
+    }
+    let (_, listed) = api.get("/v1/workflows?limit=100").await;
+    let ids: Vec<&str> = listed["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["s-1"], "only the waiting instance is listed");
+    assert_eq!(api.workflow("s-1").await["status"], "waiting");
+    let (_, completed) = api.get("/v1/workflows?status=completed").await;
+    assert_eq!(completed["workflows"], json!([]));
+    assert_eq!(gauge_of(&api, "completed").await, 0.0);
+    assert_eq!(gauge_of(&api, "failed").await, 0.0);
+    assert_eq!(gauge_of(&api, "waiting").await, 1.0);
+
+    // The id is free again: the same start now begins a new instance.
+    let (status, body) = api.post("/v1/workflows", other_input).await;
+    assert_eq!(status, 201, "{body}");
+    node.shutdown().await;
+
+    // The deletions were durable, and the counts read at start agree.
+    let (node, api) = common::node_with(&dir, "[storage]\nretention = \"never\"\n").await;
+    let (status, _) = api.get("/v1/workflows/q-1").await;
+    assert_eq!(status, 404);
+    assert_eq!(api.workflow("q-0").await["input"], json!({"n": 99}));
+    assert_eq!(gauge_of(&api, "completed").await, 1.0);
+    node.shutdown().await;
+}
+
+/// The node's `troupe_workflows` gauge for `status`.
+async fn gauge_of(api: &Api, status: &str) -> f64 {
+    let page = api
+        .client
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap();
+    let text = page.text().await.unwrap();
+    let line = format!("troupe_workflows{{status=\"{status}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
 }

@@ -171,7 +171,7 @@ impl ShardBatch {
         })
     }
 
-    fn delete(&mut self, table: Table, key: Vec<u8>) {
+    pub(crate) fn delete(&mut self, table: Table, key: Vec<u8>) {
         self.ops.push(BatchOp::Delete { table, key });
     }
 
@@ -207,6 +207,9 @@ impl ShardBatch {
                 self.delete(Table::ByStatus, keys::by_status(shard, p.status, id));
             }
             self.put_compact(Table::ByStatus, keys::by_status(shard, now.status, id), &());
+        }
+        if now.status.is_terminal() && !previous.is_some_and(|p| p.status.is_terminal()) {
+            self.put_compact(Table::Ended, keys::ended(shard, now.updated_at, id), &());
         }
         if previous.map(|p| p.updated_at) != Some(now.updated_at) {
             if let Some(p) = previous {

@@ -43,6 +43,9 @@ pub enum Table {
     ByDefinition,
     /// Index: `shard | !updated_at u64 | id` → `()` (newest first).
     ByUpdated,
+    /// Index: `shard | ended_at u64 | id` → `()`: ended instances in the
+    /// order they ended, for retention.
+    Ended,
     /// Cluster-wide: deployed definitions (the metadata group's state).
     Definitions,
     /// Cluster-wide: the cluster map (the metadata group's state).
@@ -51,7 +54,7 @@ pub enum Table {
 
 impl Table {
     /// Every shard-scoped table.
-    pub const ALL: [Table; 14] = [
+    pub const ALL: [Table; 15] = [
         Table::Instances,
         Table::Snapshots,
         Table::Steps,
@@ -66,6 +69,7 @@ impl Table {
         Table::ByStatus,
         Table::ByDefinition,
         Table::ByUpdated,
+        Table::Ended,
     ];
 
     /// Its column family.
@@ -85,6 +89,7 @@ impl Table {
             Table::ByStatus => "by_status",
             Table::ByDefinition => "by_definition",
             Table::ByUpdated => "by_updated",
+            Table::Ended => "ended",
             Table::Definitions => DEFINITIONS,
             Table::ClusterMap => META,
         }
@@ -361,6 +366,21 @@ pub fn by_updated(shard: u32, updated_at: u64, id: &str) -> Vec<u8> {
     key.extend_from_slice(&(!updated_at).to_be_bytes());
     key.extend_from_slice(id.as_bytes());
     key
+}
+
+/// Retention index key: when an instance ended, then its id.
+pub fn ended(shard: u32, ended_at: u64, id: &str) -> Vec<u8> {
+    let mut key = with_shard(shard, 8 + id.len());
+    key.extend_from_slice(&ended_at.to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// The end time and id in a retention index key.
+pub fn parse_ended(key: &[u8]) -> Option<(u64, String)> {
+    let ended_at = u64::from_be_bytes(key.get(4..12)?.try_into().ok()?);
+    let id = String::from_utf8(key.get(12..)?.to_vec()).ok()?;
+    Some((ended_at, id))
 }
 
 /// The update time and id in a recency index key.

@@ -10,6 +10,8 @@
 //!   applies it identically.
 //! - [`Committer`]: group commit: batches of many shards share one write
 //!   and one fsync, and callers wait until theirs is durable.
+//! - Retention: [`Store::ended_before`] lists instances that ended before
+//!   a horizon and [`Store::purge_ended`] deletes one whole, in a batch.
 //!
 //! - [`WalSyncer`] and the `log_*` methods: the replication log of every
 //!   Raft group, sharing the node's WAL and its fsyncs.
@@ -27,6 +29,7 @@ mod list;
 pub mod metrics;
 mod raft_log;
 mod records;
+mod retention;
 mod shard_io;
 mod store;
 

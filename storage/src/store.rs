@@ -16,8 +16,9 @@ use troupe_engine::engine::{Event, InstanceStatus, Millis, StepRun};
 /// The storage format this build reads and writes (`meta/format`).
 /// Format 1 (keys not scoped by shard) had no `format` key; format 2
 /// rewrote the whole instance on every transition; format 3 had no
-/// due-order timer index; format 5 journaled one key per event.
-pub const FORMAT: u32 = 6;
+/// due-order timer index; format 5 journaled one key per event; format 6
+/// had no retention index (`ended`).
+pub const FORMAT: u32 = 7;
 
 /// RocksDB's memory, in bytes, by what holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,8 +172,10 @@ impl Store {
             // The journal is read one instance at a time (an ended short
             // instance is its journal alone): bloom filters over instance
             // prefixes let that read skip every file without the instance
-            // instead of seeking an index in each.
-            if name == Table::Journal.cf() {
+            // instead of seeking an index in each. Step runs likewise, so
+            // that retention's look for them costs next to nothing for the
+            // many instances that archived none.
+            if name == Table::Journal.cf() || name == Table::Steps.cf() {
                 table.set_bloom_filter(10.0, false);
                 table.set_whole_key_filtering(false);
                 cf.set_prefix_extractor(rocksdb::SliceTransform::create(

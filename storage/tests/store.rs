@@ -55,6 +55,25 @@ fn instance(id: &str, definition: &str, status: InstanceStatus, updated_at: u64)
     }
 }
 
+/// A completed step run, as archived out of an instance's state.
+fn step_run() -> troupe_engine::engine::StepRun {
+    troupe_engine::engine::StepRun {
+        step_id: "a".into(),
+        status: troupe_engine::engine::StepStatus::Completed,
+        started_at: 1,
+        ended_at: Some(2),
+        result: Some(json!(7)),
+        error: None,
+        scopes: vec![],
+        write_scope: None,
+        order: 0,
+        task: None,
+        compensation: None,
+        fallback: None,
+        detail: troupe_engine::engine::RunDetail::None,
+    }
+}
+
 /// Writes (or rewrites) an instance the way a transition does.
 async fn put(
     committer: &Committer,
@@ -361,21 +380,7 @@ async fn an_instance_loads_as_its_snapshot_plus_the_journal_after_it() {
     let tail_bytes = batch.append_events("t-1", 3, &[&event(3)]);
     record.state.events_applied = 3;
     batch.put_head(&InstanceHead::of(&record, 2), None);
-    let run = troupe_engine::engine::StepRun {
-        step_id: "a".into(),
-        status: troupe_engine::engine::StepStatus::Completed,
-        started_at: 1,
-        ended_at: Some(2),
-        result: Some(json!(7)),
-        error: None,
-        scopes: vec![],
-        write_scope: None,
-        order: 0,
-        task: None,
-        compensation: None,
-        fallback: None,
-        detail: troupe_engine::engine::RunDetail::None,
-    };
+    let run = step_run();
     batch.archive_run("t-1", "each/0/a", &run);
     batch.archive_run("t-1", "each/1/a", &run);
     committer.append(batch).await.unwrap();
@@ -794,4 +799,116 @@ async fn flushes_and_compactions_bypass_the_page_cache_and_their_tables_read_bac
         .unwrap();
     assert_eq!(page.items.len(), 150);
     assert_eq!(page.items[149].id, "d-149");
+}
+
+/// Retention: instances that ended before the horizon are found oldest
+/// first and deleted whole (head, snapshot, journal, step runs, index
+/// entries, status count); instances that ended later, are still waiting,
+/// or only share a prefix of the id keep every key.
+#[tokio::test]
+async fn ended_instances_past_the_horizon_are_purged_whole_and_nothing_else() {
+    let dir = Dir::new("retention");
+    let store = open(&dir.0, 1).unwrap();
+    let committer = Committer::start(store.clone(), false, 64);
+    let event = Event {
+        at: 1,
+        kind: EventKind::CancelRequested { reason: "r".into() },
+    };
+    // Each instance runs, then (but for `xxx`) ends with a snapshot, two
+    // journal records and an archived run.
+    let run = |id: &str, ended: Option<(InstanceStatus, u64)>| {
+        let mut batch = ShardBatch::new(0);
+        let running = instance(id, "d", InstanceStatus::Running, 1);
+        batch.put_head(&InstanceHead::of(&running, 0), None);
+        batch.count_status(InstanceStatus::Running, 1);
+        batch.append_events(id, 1, &[&event, &event]);
+        if let Some((status, at)) = ended {
+            let done = instance(id, "d", status, at);
+            batch.append_events(id, 3, &[&event]);
+            batch.put_snapshot(&done.state);
+            batch.archive_run(id, "each/0/a", &step_run());
+            let previous = Indexed::of(&InstanceHead::of(&running, 0));
+            batch.put_head(&InstanceHead::of(&done, 3), Some(previous));
+            batch.count_status(InstanceStatus::Running, -1);
+            batch.count_status(status, 1);
+        }
+        batch
+    };
+    for (id, ended) in [
+        ("x", Some((InstanceStatus::Completed, 100))),
+        ("xx", Some((InstanceStatus::Failed, 300))),
+        ("xxx", None),
+        ("y", Some((InstanceStatus::Cancelled, 150))),
+    ] {
+        committer.append(run(id, ended)).await.unwrap();
+    }
+    let everything = |store: &Store| {
+        let mut keys = Vec::new();
+        store
+            .export_shard(0, 1 << 20, |entries| {
+                keys.extend(entries.into_iter().map(|e| e.key));
+                Ok(())
+            })
+            .unwrap();
+        keys
+    };
+    let before = everything(&store);
+
+    let due = store.ended_before(0, 200, 10).unwrap();
+    assert_eq!(due, [(100, "x".to_owned()), (150, "y".to_owned())]);
+    assert_eq!(store.ended_before(0, 200, 1).unwrap().len(), 1, "limit");
+    let mut batch = ShardBatch::new(0);
+    let mut purged = Vec::new();
+    for (at, id) in &due {
+        purged.push(store.purge_ended(&mut batch, *at, id).unwrap());
+    }
+    assert_eq!(
+        purged,
+        [
+            Some(InstanceStatus::Completed),
+            Some(InstanceStatus::Cancelled)
+        ]
+    );
+    committer.append(batch).await.unwrap();
+
+    for id in ["x", "y"] {
+        assert!(store.instance_head(0, id).unwrap().is_none(), "{id}");
+        assert!(store.history(0, id, None, 10).unwrap().is_empty(), "{id}");
+        assert!(store.archived_steps(0, id, None, 10).unwrap().is_empty());
+    }
+    let after = everything(&store);
+    // Keys naming `id` (no other byte of these keys spells a letter).
+    let of = |keys: &[Vec<u8>], id: &str| {
+        keys.iter()
+            .filter(|key| key.windows(id.len()).any(|w| w == id.as_bytes()))
+            .count()
+    };
+    assert_eq!(
+        of(&after, "xx"),
+        of(&before, "xx"),
+        "xx and xxx keep every key"
+    );
+    assert_eq!(of(&after, "y"), 0, "nothing of y is left");
+    // Head, snapshot, two journal records, a step run and four index
+    // entries each (the status counters stay, counted down).
+    assert_eq!(before.len() - after.len(), 2 * 9);
+    assert_eq!(
+        store.status_counts(0).unwrap(),
+        [
+            (InstanceStatus::Running, 1),
+            (InstanceStatus::Completed, 0),
+            (InstanceStatus::Failed, 1),
+            (InstanceStatus::Cancelled, 0)
+        ]
+    );
+    assert!(store.ended_before(0, 200, 10).unwrap().is_empty());
+    assert_eq!(
+        store.ended_before(0, 301, 10).unwrap(),
+        [(300, "xx".into())]
+    );
+
+    // A stale entry (its instance gone) only loses its index entry.
+    let mut batch = ShardBatch::new(0);
+    assert_eq!(store.purge_ended(&mut batch, 100, "x").unwrap(), None);
+    assert_eq!(batch.len(), 1);
 }

@@ -1,0 +1,81 @@
+//! Retention: every second, each active shard deletes the instances that
+//! ended more than `retention` ago, oldest first, in batches that go
+//! through the shard's log like transitions (so a cluster's replicas
+//! delete them too). Ended instances never change, so this races with no
+//! actor; a start with a purged id begins a new instance.
+
+use crate::Services;
+use std::sync::Weak;
+use std::time::Duration;
+use troupe_engine::engine::{InstanceStatus, Millis};
+use troupe_storage::ShardBatch;
+
+/// How often each shard looks for instances past retention.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Most instances deleted in one batch (one log entry in a cluster).
+const PURGE_BATCH: usize = 256;
+
+/// Starts the sweeper (until the services are dropped).
+pub(crate) fn start(services: Weak<Services>, retention: Duration) {
+    tokio::spawn(sweep(services, retention));
+}
+
+async fn sweep(services: Weak<Services>, retention: Duration) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(services) = services.upgrade() else {
+            return;
+        };
+        let horizon = crate::now_millis().saturating_sub(retention.as_millis() as Millis);
+        for shard in 0..services.settings.shards {
+            while services.router.is_active(shard) {
+                match purge_some(&services, shard, horizon).await {
+                    Ok(n) if n == PURGE_BATCH => continue,
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(shard_id = shard, %error, "deleting instances past retention");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Deletes up to [`PURGE_BATCH`] instances of `shard` that ended before
+/// `horizon`; returns how many index entries it went through.
+async fn purge_some(services: &Services, shard: u32, horizon: Millis) -> Result<usize, String> {
+    let store = services.store.clone();
+    let (batch, seen, purged) = tokio::task::spawn_blocking(move || {
+        let ended = store.ended_before(shard, horizon, PURGE_BATCH)?;
+        let mut batch = ShardBatch::new(shard);
+        let mut purged = Vec::new();
+        for (ended_at, id) in &ended {
+            purged.extend(store.purge_ended(&mut batch, *ended_at, id)?);
+        }
+        Ok::<_, troupe_storage::Error>((batch, ended.len(), purged))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    services
+        .log
+        .append(batch)
+        .await
+        .map_err(|e| e.to_string())?;
+    count_purged(&purged);
+    Ok(seen)
+}
+
+fn count_purged(purged: &[InstanceStatus]) {
+    metrics::counter!(crate::metrics::INSTANCES_PURGED_TOTAL).increment(purged.len() as u64);
+    for status in purged {
+        metrics::gauge!(crate::metrics::WORKFLOWS, "status" => status.as_str()).decrement(1.0);
+    }
+}
