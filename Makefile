@@ -28,13 +28,15 @@ bench: deps
 	$(CARGO) build --release --workspace --bins --examples
 	$${CARGO_TARGET_DIR:-target}/release/troupe-bench suite
 
-## soak: ten minutes of closed-loop noop load, then ten at SOAK_RATE starts/s;
-## adds throughput, p99 and memory per 10-s window to docs/benchmarks.md
+## soak: ten minutes of closed-loop noop load, then ten at SOAK_RATE starts/s,
+## ended instances kept SOAK_RETENTION; adds throughput, p99, memory and data
+## dir size per 10-s window to docs/benchmarks.md
 SOAK_RATE ?= 8000
+SOAK_RETENTION ?= 60s
 soak: deps
 	$(CARGO) build --release --workspace --bins --examples
-	$${CARGO_TARGET_DIR:-target}/release/troupe-bench soak
-	$${CARGO_TARGET_DIR:-target}/release/troupe-bench soak --rate $(SOAK_RATE)
+	$${CARGO_TARGET_DIR:-target}/release/troupe-bench soak --retention $(SOAK_RETENTION)
+	$${CARGO_TARGET_DIR:-target}/release/troupe-bench soak --rate $(SOAK_RATE) --retention $(SOAK_RETENTION)
 
 ## test: fmt and clippy checks, then the whole test suite
 test: deps lint unit

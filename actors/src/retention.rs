@@ -5,6 +5,7 @@
 //! actor; a start with a purged id begins a new instance.
 
 use crate::Services;
+use std::collections::HashMap;
 use std::sync::Weak;
 use std::time::Duration;
 use troupe_engine::engine::{InstanceStatus, Millis};
@@ -24,6 +25,9 @@ pub(crate) fn start(services: Weak<Services>, retention: Duration) {
 async fn sweep(services: Weak<Services>, retention: Duration) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Per shard, when the last instance purged here had ended: the next
+    // look starts there, past the tombstones of those before it.
+    let mut purged_up_to: HashMap<u32, Millis> = HashMap::new();
     loop {
         tick.tick().await;
         let Some(services) = services.upgrade() else {
@@ -32,7 +36,8 @@ async fn sweep(services: Weak<Services>, retention: Duration) {
         let horizon = crate::now_millis().saturating_sub(retention.as_millis() as Millis);
         for shard in 0..services.settings.shards {
             while services.router.is_active(shard) {
-                match purge_some(&services, shard, horizon).await {
+                let from = purged_up_to.entry(shard).or_default();
+                match purge_some(&services, shard, from, horizon).await {
                     Ok(n) if n == PURGE_BATCH => continue,
                     Ok(_) => break,
                     Err(error) => {
@@ -45,32 +50,40 @@ async fn sweep(services: Weak<Services>, retention: Duration) {
     }
 }
 
-/// Deletes up to [`PURGE_BATCH`] instances of `shard` that ended before
-/// `horizon`; returns how many index entries it went through.
-async fn purge_some(services: &Services, shard: u32, horizon: Millis) -> Result<usize, String> {
+/// Deletes up to [`PURGE_BATCH`] instances of `shard` that ended from
+/// `from` on and before `horizon`, and moves `from` to the last one's end;
+/// returns how many index entries it went through.
+async fn purge_some(
+    services: &Services,
+    shard: u32,
+    from: &mut Millis,
+    horizon: Millis,
+) -> Result<usize, String> {
     let store = services.store.clone();
-    let (batch, seen, purged) = tokio::task::spawn_blocking(move || {
-        let ended = store.ended_before(shard, horizon, PURGE_BATCH)?;
+    let start = *from;
+    let (batch, ended, purged) = tokio::task::spawn_blocking(move || {
+        let ended = store.ended_before(shard, start, horizon, PURGE_BATCH)?;
         let mut batch = ShardBatch::new(shard);
         let mut purged = Vec::new();
         for (ended_at, id) in &ended {
             purged.extend(store.purge_ended(&mut batch, *ended_at, id)?);
         }
-        Ok::<_, troupe_storage::Error>((batch, ended.len(), purged))
+        Ok::<_, troupe_storage::Error>((batch, ended, purged))
     })
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
-    if batch.is_empty() {
+    let Some((last, _)) = ended.last() else {
         return Ok(0);
-    }
+    };
     services
         .log
         .append(batch)
         .await
         .map_err(|e| e.to_string())?;
+    *from = *last;
     count_purged(&purged);
-    Ok(seen)
+    Ok(ended.len())
 }
 
 fn count_purged(purged: &[InstanceStatus]) {

@@ -40,10 +40,21 @@ pub struct Tally {
     pub per_second: Vec<u64>,
     /// The node's resident memory at the end of each second, bytes.
     pub rss_per_second: Vec<u64>,
+    /// The size of the node's data dir at the end of each second, bytes.
+    pub data_per_second: Vec<u64>,
 }
 
-/// Reads the node's resident memory, when it can be read.
-pub type RssProbe = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
+/// What the harness can see of a node it started, at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeSample {
+    /// Resident memory, bytes.
+    pub rss: u64,
+    /// Bytes of files in its data dir.
+    pub data: u64,
+}
+
+/// Samples the node, when the harness started it.
+pub type NodeProbe = Arc<dyn Fn() -> Option<NodeSample> + Send + Sync>;
 
 struct Shared {
     latency: Mutex<Histogram<u64>>,
@@ -53,7 +64,7 @@ struct Shared {
     ended_ok: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     per_second: Mutex<Vec<u64>>,
-    rss_per_second: Mutex<Vec<u64>>,
+    samples: Mutex<Vec<NodeSample>>,
 }
 
 impl Shared {
@@ -131,7 +142,7 @@ pub struct Plan<'a> {
 
 /// Runs `plan.mode` for `warmup + duration` (or until `count` workflows
 /// started), sampling the node's memory with `rss`.
-pub async fn run(clients: &[Client], plan: Plan<'_>, rss: RssProbe) -> Tally {
+pub async fn run(clients: &[Client], plan: Plan<'_>, probe: NodeProbe) -> Tally {
     let Plan {
         scenario,
         mode,
@@ -148,14 +159,14 @@ pub async fn run(clients: &[Client], plan: Plan<'_>, rss: RssProbe) -> Tally {
         ended_ok: AtomicU64::new(0),
         errors: Mutex::new(BTreeMap::new()),
         per_second: Mutex::new(Vec::new()),
-        rss_per_second: Mutex::new(Vec::new()),
+        samples: Mutex::new(Vec::new()),
     });
     let begin = Instant::now();
     let measure_from = begin + warmup;
     let end = measure_from + duration;
     let next = Arc::new(AtomicU64::new(0));
     let limit = count.unwrap_or(u64::MAX);
-    let progress = tokio::spawn(report_progress(shared.clone(), begin, measure_from, rss));
+    let progress = tokio::spawn(report_progress(shared.clone(), begin, measure_from, probe));
     let record = {
         let shared = shared.clone();
         move |scheduled: Instant, result: Result<(), String>| {
@@ -245,7 +256,7 @@ pub async fn run(clients: &[Client], plan: Plan<'_>, rss: RssProbe) -> Tally {
     let errors = shared.errors.lock().expect("errors").clone();
     let mut per_second = shared.per_second.lock().expect("timeline").clone();
     per_second.resize(window.as_secs() as usize, 0);
-    let rss_per_second = shared.rss_per_second.lock().expect("timeline").clone();
+    let samples = shared.samples.lock().expect("timeline").clone();
     Tally {
         latency,
         latency_per_second,
@@ -255,7 +266,8 @@ pub async fn run(clients: &[Client], plan: Plan<'_>, rss: RssProbe) -> Tally {
         errors,
         window,
         per_second,
-        rss_per_second,
+        rss_per_second: samples.iter().map(|s| s.rss).collect(),
+        data_per_second: samples.iter().map(|s| s.data).collect(),
     }
 }
 
@@ -288,13 +300,13 @@ pub fn window_p99s(per_second: &[Histogram<u64>], seconds: usize) -> Vec<u64> {
         .collect()
 }
 
-/// Prints a progress line every second, and samples the node's memory
-/// once per measured second.
+/// Prints a progress line every second, and samples the node's memory and
+/// data dir once per measured second.
 async fn report_progress(
     shared: Arc<Shared>,
     begin: Instant,
     measure_from: Instant,
-    rss: RssProbe,
+    probe: NodeProbe,
 ) {
     let mut last = 0;
     let mut tick = tokio::time::interval_at(measure_from.into(), Duration::from_secs(1));
@@ -303,8 +315,8 @@ async fn report_progress(
             tokio::time::sleep(Duration::from_secs(1).min(measure_from - Instant::now())).await;
         } else {
             tick.tick().await;
-            if let Some(bytes) = rss() {
-                shared.rss_per_second.lock().expect("timeline").push(bytes);
+            if let Some(sample) = probe() {
+                shared.samples.lock().expect("timeline").push(sample);
             }
         }
         let ended = shared.ended_ok.load(Ordering::Relaxed);

@@ -202,6 +202,11 @@ enum Cmd {
         /// or soak-open.json with --rate].
         #[arg(long)]
         json: Option<PathBuf>,
+        /// The node's `storage.retention` (ended instances are deleted this
+        /// long after they end) instead of its default of a week, so that
+        /// the data stops growing within the soak.
+        #[arg(long, value_parser = humantime_duration)]
+        retention: Option<Duration>,
     },
 }
 
@@ -273,13 +278,14 @@ async fn main() -> anyhow::Result<()> {
             rate,
             markdown,
             json,
+            retention,
         } => {
             let load = rate.map_or(
                 report::SoakLoad::Closed(concurrency),
                 report::SoakLoad::Open,
             );
             let json = json.unwrap_or_else(|| format!("bench/results/{}.json", load.name()).into());
-            report::soak(&markdown, &json, duration, load).await?
+            report::soak(&markdown, &json, duration, load, retention).await?
         }
         Cmd::Failover {
             rate,
@@ -434,7 +440,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
                 count: half,
                 prefix: &fill,
             };
-            let tally = load::run(&clients, plan, target.rss_probe()).await;
+            let tally = load::run(&clients, plan, target.probe()).await;
             tokio::time::sleep(Duration::from_secs(8)).await;
             before_rss = target.rss();
             Some(tally)
@@ -453,7 +459,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
         count,
         prefix: &prefix,
     };
-    let mut tally = load::run(&clients, plan, target.rss_probe()).await;
+    let mut tally = load::run(&clients, plan, target.probe()).await;
     eprintln!();
     if timers {
         // Let the waiting instances passivate before measuring memory.

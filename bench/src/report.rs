@@ -95,6 +95,12 @@ pub fn result(
         .step_by(WINDOW_SECS)
         .map(|b| b >> 20)
         .collect();
+    let data_windows: Vec<u64> = tally
+        .data_per_second
+        .iter()
+        .step_by(WINDOW_SECS)
+        .map(|b| b >> 20)
+        .collect();
     // p99 per window (by scheduled second), to tell a steady queue from
     // a few stalls.
     let p99_windows: Vec<f64> = crate::load::window_p99s(&tally.latency_per_second, WINDOW_SECS)
@@ -117,6 +123,7 @@ pub fn result(
             "slowest": if windows.is_empty() { Value::Null } else { json!(slowest.round()) },
             "slowest_to_fastest": if fastest > 0.0 { json!((slowest / fastest * 100.0).round() / 100.0) } else { Value::Null },
             "node_rss_mb": rss_windows,
+            "node_data_mb": data_windows,
             "p99_ms": p99_windows,
         },
         "p99_per_second_ms": tally.latency_per_second.iter().map(|h| ms(h.value_at_quantile(0.99))).collect::<Vec<_>>(),
@@ -492,27 +499,47 @@ impl SoakLoad {
     }
 
     /// The command that runs this soak.
-    fn command(self) -> String {
-        match self {
+    fn command(self, retention: Option<Duration>) -> String {
+        let mut command = match self {
             Self::Closed(_) => "troupe-bench soak".to_owned(),
             Self::Open(rate) => format!("troupe-bench soak --rate {rate:.0}"),
+        };
+        if let Some(retention) = retention {
+            command.push_str(&format!(" --retention {}s", retention.as_secs()));
         }
+        command
     }
 }
 
-/// A long `noop` run (the soak): throughput, p99 latency and the node's
-/// memory per window, written to its own section of the markdown.
+/// The node settings a soak names: its defaults, or a retention of its own.
+fn soak_settings(retention: Option<Duration>) -> String {
+    match retention {
+        None => "default settings".to_owned(),
+        Some(r) => format!(
+            "default settings but `storage.retention = \"{}s\"` (ended instances deleted that long after they end)",
+            r.as_secs()
+        ),
+    }
+}
+
+/// A long `noop` run (the soak): throughput, p99 latency, the node's
+/// memory and the size of its data per window, written to its own section
+/// of the markdown.
 pub async fn soak(
     markdown: &Path,
     json_path: &Path,
     duration: Duration,
     load: SoakLoad,
+    retention: Option<Duration>,
 ) -> anyhow::Result<()> {
     settle_disk();
     let mut run_args = match load {
         SoakLoad::Closed(concurrency) => args(Scenario::Noop, Some(concurrency), None, false),
         SoakLoad::Open(rate) => args(Scenario::Noop, None, Some(rate), false),
     };
+    if let Some(retention) = retention {
+        run_args.node_toml = format!("retention = \"{}s\"\n", retention.as_secs().max(1));
+    }
     run_args.duration = duration;
     run_args.warmup = Duration::from_secs(5);
     let r = run(&run_args).await?;
@@ -521,30 +548,33 @@ pub async fn soak(
     }
     std::fs::write(json_path, serde_json::to_string_pretty(&r)?)?;
     let column = |name: &str| r["windows"][name].as_array().cloned().unwrap_or_default();
-    let (rates, p99s, rss) = (
+    let (rates, p99s, rss, data) = (
         column("workflows_per_s"),
         column("p99_ms"),
         column("node_rss_mb"),
+        column("node_data_mb"),
     );
     let cell = |values: &[Value], i: usize| values.get(i).map_or("–".to_owned(), Value::to_string);
     let rows: Vec<String> = (0..rates.len())
         .map(|i| {
             format!(
-                "| {}–{} s | {} | {} | {} |",
+                "| {}–{} s | {} | {} | {} | {} |",
                 i * WINDOW_SECS,
                 (i + 1) * WINDOW_SECS,
                 cell(&rates, i),
                 cell(&p99s, i),
                 cell(&rss, i),
+                cell(&data, i),
             )
         })
         .collect();
     let generated = format!(
-        "Produced by `make soak` (`{command}`) on {date}: {load}, `noop`, {mins:.0} min measured after a 5-s warm-up, one node with default settings and `sync = true`; machine: {machine}.\n\n\
-         Mean {mean} wf/s; slowest 10-s window {slowest} wf/s ({ratio:.0}% of the fastest); p99 {p99} ms (worst window's p99 {worst_p99} ms); {errors} errors; exactly once: {ok}; peak RSS {peak} MB.\n\n\
-         | window | wf/s | p99 ms | node RSS at its start, MB |\n|---|---|---|---|\n{rows}\n\n\
+        "Produced by `make soak` (`{command}`) on {date}: {load}, `noop`, {mins:.0} min measured after a 5-s warm-up, one node with {settings} and `sync = true`; machine: {machine}.\n\n\
+         Mean {mean} wf/s; slowest 10-s window {slowest} wf/s ({ratio:.0}% of the fastest); p99 {p99} ms (worst window's p99 {worst_p99} ms); {errors} errors; exactly once: {ok}; peak RSS {peak} MB; data dir {data_end} MB at the start of the last window.\n\n\
+         | window | wf/s | p99 ms | node RSS at its start, MB | data dir at its start, MB |\n|---|---|---|---|---|\n{rows}\n\n\
          Raw result: `{json}`.",
-        command = load.command(),
+        command = load.command(retention),
+        settings = soak_settings(retention),
         date = today(),
         load = load.describe(),
         mins = duration.as_secs_f64() / 60.0,
@@ -566,6 +596,7 @@ pub async fn soak(
             "NO"
         },
         peak = r["node_peak_rss_mb"],
+        data_end = data.last().map_or("–".to_owned(), Value::to_string),
         rows = rows.join("\n"),
         json = json_path.display(),
     );
@@ -630,7 +661,8 @@ fn machine() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{SoakLoad, write_section};
+    use super::{SoakLoad, soak_settings, write_section};
+    use std::time::Duration;
 
     #[test]
     fn sections_are_replaced_and_the_text_around_them_kept() {
@@ -655,6 +687,18 @@ mod tests {
             text.trim_end().ends_with("r2\n<!-- results:end -->"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_soak_names_the_retention_it_ran_with() {
+        let minute = Some(Duration::from_secs(60));
+        assert_eq!(
+            SoakLoad::Open(8000.0).command(minute),
+            "troupe-bench soak --rate 8000 --retention 60s"
+        );
+        assert_eq!(SoakLoad::Closed(256).command(None), "troupe-bench soak");
+        assert!(soak_settings(minute).contains("`storage.retention = \"60s\"`"));
+        assert_eq!(soak_settings(None), "default settings");
     }
 
     #[test]

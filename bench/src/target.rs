@@ -94,10 +94,16 @@ impl Target {
         rss_of(self.child.as_ref()?.id())
     }
 
-    /// A probe of the node's resident memory now (while this process runs).
-    pub fn rss_probe(&self) -> crate::load::RssProbe {
+    /// A probe of the node's resident memory and data dir size now (while
+    /// this process runs).
+    pub fn probe(&self) -> crate::load::NodeProbe {
         let pid = self.child.as_ref().map(Child::id);
-        std::sync::Arc::new(move || pid.and_then(rss_of).map(|(now, _)| now))
+        let dir = self.dir.as_ref().map(|d| d.join("data"));
+        std::sync::Arc::new(move || {
+            let (rss, _) = rss_of(pid?)?;
+            let data = dir.as_deref().map_or(0, bytes_under);
+            Some(crate::load::NodeSample { rss, data })
+        })
     }
 
     /// The node's Prometheus metrics; in a cluster, followed by the other
@@ -132,6 +138,20 @@ impl Drop for Target {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Bytes of the files under `dir` (files that vanish meanwhile count 0).
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => bytes_under(&entry.path()),
+            _ => entry.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
 }
 
 /// Resident memory of process `pid` now and at its peak, bytes.

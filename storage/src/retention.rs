@@ -16,20 +16,27 @@ use crate::store::Store;
 use troupe_engine::engine::{InstanceStatus, Millis};
 
 impl Store {
-    /// Up to `limit` instances of `shard` that ended before `horizon`,
-    /// oldest first, each with when it ended.
+    /// Up to `limit` instances of `shard` that ended from `from` on and
+    /// before `horizon`, oldest first, each with when it ended.
+    ///
+    /// The entries of purged instances linger as tombstones at the start
+    /// of the range until compactions drop them; a caller that goes on from
+    /// where its last purge ended (`from`) never steps over them again.
     pub fn ended_before(
         &self,
         shard: u32,
+        from: Millis,
         horizon: Millis,
         limit: usize,
     ) -> Result<Vec<(Millis, String)>> {
+        let start = keys::ended(shard, from, "");
         let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_lower_bound(start.clone());
         options.set_iterate_upper_bound(keys::ended(shard, horizon, ""));
         let mut iter = self
             .db
             .raw_iterator_cf_opt(self.cf(Table::Ended.cf()), options);
-        iter.seek(keys::shard_start(shard));
+        iter.seek(start);
         let mut ended = Vec::new();
         while let Some(key) = iter.key() {
             if ended.len() >= limit {

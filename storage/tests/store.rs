@@ -854,9 +854,14 @@ async fn ended_instances_past_the_horizon_are_purged_whole_and_nothing_else() {
     };
     let before = everything(&store);
 
-    let due = store.ended_before(0, 200, 10).unwrap();
+    let due = store.ended_before(0, 0, 200, 10).unwrap();
     assert_eq!(due, [(100, "x".to_owned()), (150, "y".to_owned())]);
-    assert_eq!(store.ended_before(0, 200, 1).unwrap().len(), 1, "limit");
+    assert_eq!(store.ended_before(0, 0, 200, 1).unwrap().len(), 1, "limit");
+    assert_eq!(
+        store.ended_before(0, 101, 200, 10).unwrap(),
+        [(150, "y".to_owned())],
+        "from"
+    );
     let mut batch = ShardBatch::new(0);
     let mut purged = Vec::new();
     for (at, id) in &due {
@@ -901,9 +906,9 @@ async fn ended_instances_past_the_horizon_are_purged_whole_and_nothing_else() {
             (InstanceStatus::Cancelled, 0)
         ]
     );
-    assert!(store.ended_before(0, 200, 10).unwrap().is_empty());
+    assert!(store.ended_before(0, 0, 200, 10).unwrap().is_empty());
     assert_eq!(
-        store.ended_before(0, 301, 10).unwrap(),
+        store.ended_before(0, 0, 301, 10).unwrap(),
         [(300, "xx".into())]
     );
 
