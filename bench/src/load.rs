@@ -42,6 +42,8 @@ pub struct Tally {
     pub rss_per_second: Vec<u64>,
     /// The size of the node's data dir at the end of each second, bytes.
     pub data_per_second: Vec<u64>,
+    /// The node's CPU time so far at the end of each second, seconds.
+    pub cpu_per_second: Vec<f64>,
 }
 
 /// What the harness can see of a node it started, at one moment.
@@ -51,6 +53,8 @@ pub struct NodeSample {
     pub rss: u64,
     /// Bytes of files in its data dir.
     pub data: u64,
+    /// CPU time used so far, seconds.
+    pub cpu_s: f64,
 }
 
 /// Samples the node, when the harness started it.
@@ -268,6 +272,7 @@ pub async fn run(clients: &[Client], plan: Plan<'_>, probe: NodeProbe) -> Tally 
         per_second,
         rss_per_second: samples.iter().map(|s| s.rss).collect(),
         data_per_second: samples.iter().map(|s| s.data).collect(),
+        cpu_per_second: samples.iter().map(|s| s.cpu_s).collect(),
     }
 }
 
@@ -296,6 +301,24 @@ pub fn window_p99s(per_second: &[Histogram<u64>], seconds: usize) -> Vec<u64> {
                 window.add(second).expect("same bounds");
             }
             window.value_at_quantile(0.99)
+        })
+        .collect()
+}
+
+/// The node's CPU milliseconds per completed workflow in each window of
+/// `secs` seconds, from CPU time sampled at the end of each second.
+pub fn window_cpu_per_workflow(cpu: &[f64], completed: &[u64], secs: usize) -> Vec<f64> {
+    let secs = secs.max(1);
+    (0..completed.len() / secs)
+        .map_while(|w| {
+            // From the end of the window's first second to the end of its last.
+            let (from, to) = (w * secs, ((w + 1) * secs).min(cpu.len()).checked_sub(1)?);
+            let done: u64 = completed.get(from + 1..=to)?.iter().sum();
+            Some(if done > 0 {
+                (cpu[to] - cpu[from]) * 1000.0 / done as f64
+            } else {
+                0.0
+            })
         })
         .collect()
 }
@@ -335,7 +358,17 @@ async fn report_progress(
 
 #[cfg(test)]
 mod tests {
-    use super::{histogram, window_p99s, window_rates};
+    use super::{histogram, window_cpu_per_workflow, window_p99s, window_rates};
+
+    #[test]
+    fn cpu_per_workflow_is_taken_window_by_window() {
+        // 1 ms per workflow for two seconds, then 2 ms.
+        let cpu = [1.0, 2.0, 3.0, 5.0, 7.0];
+        let completed = [1000, 1000, 1000, 1000, 1000];
+        assert_eq!(window_cpu_per_workflow(&cpu, &completed, 2), [1.0, 2.0]);
+        assert!(window_cpu_per_workflow(&[], &completed, 2).is_empty());
+        assert!(window_cpu_per_workflow(&cpu, &completed, 10).is_empty());
+    }
 
     #[test]
     fn windows_average_whole_windows_only() {

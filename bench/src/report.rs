@@ -95,6 +95,11 @@ pub fn result(
         .step_by(WINDOW_SECS)
         .map(|b| b >> 20)
         .collect();
+    let cpu_windows: Vec<f64> =
+        crate::load::window_cpu_per_workflow(&tally.cpu_per_second, &tally.per_second, WINDOW_SECS)
+            .into_iter()
+            .map(|ms| (ms * 1000.0).round() / 1000.0)
+            .collect();
     let data_windows: Vec<u64> = tally
         .data_per_second
         .iter()
@@ -124,6 +129,7 @@ pub fn result(
             "slowest_to_fastest": if fastest > 0.0 { json!((slowest / fastest * 100.0).round() / 100.0) } else { Value::Null },
             "node_rss_mb": rss_windows,
             "node_data_mb": data_windows,
+            "node_cpu_ms_per_workflow": cpu_windows,
             "p99_ms": p99_windows,
         },
         "p99_per_second_ms": tally.latency_per_second.iter().map(|h| ms(h.value_at_quantile(0.99))).collect::<Vec<_>>(),
@@ -548,21 +554,23 @@ pub async fn soak(
     }
     std::fs::write(json_path, serde_json::to_string_pretty(&r)?)?;
     let column = |name: &str| r["windows"][name].as_array().cloned().unwrap_or_default();
-    let (rates, p99s, rss, data) = (
+    let (rates, p99s, rss, data, cpu) = (
         column("workflows_per_s"),
         column("p99_ms"),
         column("node_rss_mb"),
         column("node_data_mb"),
+        column("node_cpu_ms_per_workflow"),
     );
     let cell = |values: &[Value], i: usize| values.get(i).map_or("–".to_owned(), Value::to_string);
     let rows: Vec<String> = (0..rates.len())
         .map(|i| {
             format!(
-                "| {}–{} s | {} | {} | {} | {} |",
+                "| {}–{} s | {} | {} | {} | {} | {} |",
                 i * WINDOW_SECS,
                 (i + 1) * WINDOW_SECS,
                 cell(&rates, i),
                 cell(&p99s, i),
+                cell(&cpu, i),
                 cell(&rss, i),
                 cell(&data, i),
             )
@@ -571,7 +579,7 @@ pub async fn soak(
     let generated = format!(
         "Produced by `make soak` (`{command}`) on {date}: {load}, `noop`, {mins:.0} min measured after a 5-s warm-up, one node with {settings} and `sync = true`; machine: {machine}.\n\n\
          Mean {mean} wf/s; slowest 10-s window {slowest} wf/s ({ratio:.0}% of the fastest); p99 {p99} ms (worst window's p99 {worst_p99} ms); {errors} errors; exactly once: {ok}; peak RSS {peak} MB; data dir {data_end} MB at the start of the last window.\n\n\
-         | window | wf/s | p99 ms | node RSS at its start, MB | data dir at its start, MB |\n|---|---|---|---|---|\n{rows}\n\n\
+         | window | wf/s | p99 ms | node CPU ms per workflow | node RSS at its start, MB | data dir at its start, MB |\n|---|---|---|---|---|---|\n{rows}\n\n\
          Raw result: `{json}`.",
         command = load.command(retention),
         settings = soak_settings(retention),

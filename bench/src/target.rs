@@ -81,12 +81,7 @@ impl Target {
 
     /// CPU seconds used so far by the node process (when we started it).
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let pid = self.child.as_ref()?.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: f64 =
-            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        Some(ticks / 100.0)
+        cpu_seconds_of(self.child.as_ref()?.id())
     }
 
     /// Resident memory now and at its peak, bytes.
@@ -94,15 +89,16 @@ impl Target {
         rss_of(self.child.as_ref()?.id())
     }
 
-    /// A probe of the node's resident memory and data dir size now (while
-    /// this process runs).
+    /// A probe of the node's resident memory, data dir size and CPU time
+    /// now (while this process runs).
     pub fn probe(&self) -> crate::load::NodeProbe {
         let pid = self.child.as_ref().map(Child::id);
         let dir = self.dir.as_ref().map(|d| d.join("data"));
         std::sync::Arc::new(move || {
             let (rss, _) = rss_of(pid?)?;
             let data = dir.as_deref().map_or(0, bytes_under);
-            Some(crate::load::NodeSample { rss, data })
+            let cpu_s = cpu_seconds_of(pid?)?;
+            Some(crate::load::NodeSample { rss, data, cpu_s })
         })
     }
 
@@ -138,6 +134,14 @@ impl Drop for Target {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// CPU seconds used so far by process `pid`.
+fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 /// Bytes of the files under `dir` (files that vanish meanwhile count 0).

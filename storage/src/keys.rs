@@ -456,6 +456,8 @@ mod tests {
             by_updated(1, 1, "z"),
             b"\0\0\0\x01\xff\xff\xff\xff\xff\xff\xff\xfez"
         );
+        assert_eq!(ended(1, 258, "z"), b"\0\0\0\x01\0\0\0\0\0\0\x01\x02z");
+        assert_eq!(parse_ended(&ended(1, 258, "z")), Some((258, "z".into())));
         assert_eq!(
             status_counter(1, InstanceStatus::Waiting),
             b"\0\0\0\x01status/waiting"
