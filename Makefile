@@ -31,7 +31,7 @@ bench: deps
 ## soak: ten minutes of closed-loop noop load, then ten at SOAK_RATE starts/s,
 ## ended instances kept SOAK_RETENTION; adds throughput, p99, memory and data
 ## dir size per 10-s window to docs/benchmarks.md
-SOAK_RATE ?= 8000
+SOAK_RATE ?= 6500
 SOAK_RETENTION ?= 60s
 soak: deps
 	$(CARGO) build --release --workspace --bins --examples
