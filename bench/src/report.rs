@@ -89,23 +89,13 @@ pub fn result(
     let windows = crate::load::window_rates(&tally.per_second, WINDOW_SECS);
     let slowest = windows.iter().copied().fold(f64::INFINITY, f64::min);
     let fastest = windows.iter().copied().fold(0.0, f64::max);
-    let rss_windows: Vec<u64> = tally
-        .rss_per_second
-        .iter()
-        .step_by(WINDOW_SECS)
-        .map(|b| b >> 20)
-        .collect();
+    let rss_windows = mb_at_window_starts(&tally.rss_per_second);
     let cpu_windows: Vec<f64> =
         crate::load::window_cpu_per_workflow(&tally.cpu_per_second, &tally.per_second, WINDOW_SECS)
             .into_iter()
             .map(|ms| (ms * 1000.0).round() / 1000.0)
             .collect();
-    let data_windows: Vec<u64> = tally
-        .data_per_second
-        .iter()
-        .step_by(WINDOW_SECS)
-        .map(|b| b >> 20)
-        .collect();
+    let data_windows = mb_at_window_starts(&tally.data_per_second);
     // p99 per window (by scheduled second), to tell a steady queue from
     // a few stalls.
     let p99_windows: Vec<f64> = crate::load::window_p99s(&tally.latency_per_second, WINDOW_SECS)
@@ -526,6 +516,15 @@ fn soak_settings(retention: Option<Duration>) -> String {
             r.as_secs()
         ),
     }
+}
+
+/// MiB at the start of each window, from bytes sampled every second.
+fn mb_at_window_starts(bytes_per_second: &[u64]) -> Vec<u64> {
+    bytes_per_second
+        .iter()
+        .step_by(WINDOW_SECS)
+        .map(|b| b >> 20)
+        .collect()
 }
 
 /// A long `noop` run (the soak): throughput, p99 latency, the node's

@@ -431,12 +431,7 @@ steps:
     for m in &members {
         let (status, all) = m.api.get("/v1/workflows?limit=100").await;
         assert_eq!(status, 200, "{all}");
-        let listed: Vec<&str> = all["workflows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w["id"].as_str().unwrap())
-            .collect();
+        let listed = common::strings(&all["workflows"], "id");
         assert_eq!(listed, sorted, "every shard's instances, in id order");
         assert!(all["next_cursor"].is_null());
     }

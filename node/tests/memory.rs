@@ -165,12 +165,7 @@ async fn ended_instances_are_deleted_after_their_retention_and_waiting_ones_stay
         assert_eq!(status, 404, "history of {id}");
     }
     let (_, listed) = api.get("/v1/workflows?limit=100").await;
-    let ids: Vec<&str> = listed["workflows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["id"].as_str().unwrap())
-        .collect();
+    let ids = common::strings(&listed["workflows"], "id");
     assert_eq!(ids, ["s-1"], "only the waiting instance is listed");
     assert_eq!(api.workflow("s-1").await["status"], "waiting");
     let (_, completed) = api.get("/v1/workflows?status=completed").await;

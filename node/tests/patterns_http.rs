@@ -72,12 +72,7 @@ output: {{ status: "${{first.status}}", doubled: "${{doubled}}", route: "${{rout
     );
     // Finished foreach iterations leave the instance's state: the view
     // counts them, the steps endpoint lists them.
-    let shown: Vec<&str> = done["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["path"].as_str().unwrap())
-        .collect();
+    let shown = common::strings(&done["steps"], "path");
     assert!(!shown.contains(&"lines/2/double"), "{shown:?}");
     assert_eq!(done["steps_omitted"], json!(3), "{done}");
     assert_eq!(done["step_counts"]["completed"], json!(10), "{done}");

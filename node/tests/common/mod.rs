@@ -463,6 +463,19 @@ pub fn nap_flow(nap: &str) -> String {
     )
 }
 
+/// The string `field` of every element of the JSON array `list`.
+pub fn strings<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"))
+        .iter()
+        .map(|item| {
+            item[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {field} in {item}"))
+        })
+        .collect()
+}
+
 /// Percent-encodes a path segment.
 pub fn encode(segment: &str) -> String {
     segment
