@@ -5,7 +5,6 @@
 //! actor; a start with a purged id begins a new instance.
 
 use crate::Services;
-use std::collections::HashMap;
 use std::sync::Weak;
 use std::time::Duration;
 use troupe_engine::engine::{InstanceStatus, Millis};
@@ -27,16 +26,16 @@ async fn sweep(services: Weak<Services>, retention: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Per shard, when the last instance purged here had ended: the next
     // look starts there, past the tombstones of those before it.
-    let mut purged_up_to: HashMap<u32, Millis> = HashMap::new();
+    let shards = services.upgrade().map_or(0, |s| s.settings.shards);
+    let mut purged_up_to: Vec<Millis> = vec![0; shards as usize];
     loop {
         tick.tick().await;
         let Some(services) = services.upgrade() else {
             return;
         };
         let horizon = crate::now_millis().saturating_sub(retention.as_millis() as Millis);
-        for shard in 0..services.settings.shards {
+        for (shard, from) in (0..).zip(purged_up_to.iter_mut()) {
             while services.router.is_active(shard) {
-                let from = purged_up_to.entry(shard).or_default();
                 match purge_some(&services, shard, from, horizon).await {
                     Ok(n) if n == PURGE_BATCH => continue,
                     Ok(_) => break,

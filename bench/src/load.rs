@@ -38,12 +38,8 @@ pub struct Tally {
     pub window: Duration,
     /// Measured completions in each second of the measured window.
     pub per_second: Vec<u64>,
-    /// The node's resident memory at the end of each second, bytes.
-    pub rss_per_second: Vec<u64>,
-    /// The size of the node's data dir at the end of each second, bytes.
-    pub data_per_second: Vec<u64>,
-    /// The node's CPU time so far at the end of each second, seconds.
-    pub cpu_per_second: Vec<f64>,
+    /// The node as sampled at the end of each measured second.
+    pub node_per_second: Vec<NodeSample>,
 }
 
 /// What the harness can see of a node it started, at one moment.
@@ -270,9 +266,7 @@ pub async fn run(clients: &[Client], plan: Plan<'_>, probe: NodeProbe) -> Tally 
         errors,
         window,
         per_second,
-        rss_per_second: samples.iter().map(|s| s.rss).collect(),
-        data_per_second: samples.iter().map(|s| s.data).collect(),
-        cpu_per_second: samples.iter().map(|s| s.cpu_s).collect(),
+        node_per_second: samples,
     }
 }
 

@@ -89,13 +89,15 @@ pub fn result(
     let windows = crate::load::window_rates(&tally.per_second, WINDOW_SECS);
     let slowest = windows.iter().copied().fold(f64::INFINITY, f64::min);
     let fastest = windows.iter().copied().fold(0.0, f64::max);
-    let rss_windows = mb_at_window_starts(&tally.rss_per_second);
+    let samples = &tally.node_per_second;
+    let rss_windows = mb_at_window_starts(samples, |s| s.rss);
+    let cpu: Vec<f64> = samples.iter().map(|s| s.cpu_s).collect();
     let cpu_windows: Vec<f64> =
-        crate::load::window_cpu_per_workflow(&tally.cpu_per_second, &tally.per_second, WINDOW_SECS)
+        crate::load::window_cpu_per_workflow(&cpu, &tally.per_second, WINDOW_SECS)
             .into_iter()
             .map(|ms| (ms * 1000.0).round() / 1000.0)
             .collect();
-    let data_windows = mb_at_window_starts(&tally.data_per_second);
+    let data_windows = mb_at_window_starts(samples, |s| s.data);
     // p99 per window (by scheduled second), to tell a steady queue from
     // a few stalls.
     let p99_windows: Vec<f64> = crate::load::window_p99s(&tally.latency_per_second, WINDOW_SECS)
@@ -501,7 +503,7 @@ impl SoakLoad {
             Self::Open(rate) => format!("troupe-bench soak --rate {rate:.0}"),
         };
         if let Some(retention) = retention {
-            command.push_str(&format!(" --retention {}s", retention.as_secs()));
+            command.push_str(&format!(" --retention {}s", retention_secs(retention)));
         }
         command
     }
@@ -513,17 +515,25 @@ fn soak_settings(retention: Option<Duration>) -> String {
         None => "default settings".to_owned(),
         Some(r) => format!(
             "default settings but `storage.retention = \"{}s\"` (ended instances deleted that long after they end)",
-            r.as_secs()
+            retention_secs(r)
         ),
     }
 }
 
-/// MiB at the start of each window, from bytes sampled every second.
-fn mb_at_window_starts(bytes_per_second: &[u64]) -> Vec<u64> {
-    bytes_per_second
+/// A soak's retention in whole seconds, as the node is given it.
+fn retention_secs(retention: Duration) -> u64 {
+    retention.as_secs().max(1)
+}
+
+/// MiB of `bytes` at the start of each window, from the node's samples.
+fn mb_at_window_starts(
+    samples: &[crate::load::NodeSample],
+    bytes: impl Fn(&crate::load::NodeSample) -> u64,
+) -> Vec<u64> {
+    samples
         .iter()
         .step_by(WINDOW_SECS)
-        .map(|b| b >> 20)
+        .map(|s| bytes(s) >> 20)
         .collect()
 }
 
@@ -543,7 +553,7 @@ pub async fn soak(
         SoakLoad::Open(rate) => args(Scenario::Noop, None, Some(rate), false),
     };
     if let Some(retention) = retention {
-        run_args.node_toml = format!("retention = \"{}s\"\n", retention.as_secs().max(1));
+        run_args.node_toml = format!("retention = \"{}s\"\n", retention_secs(retention));
     }
     run_args.duration = duration;
     run_args.warmup = Duration::from_secs(5);
