@@ -185,7 +185,8 @@ impl ShardBatch {
             return 0;
         }
         let last = first_seq + events.len() as u64 - 1;
-        self.put(Table::Journal, keys::journal(self.shard, id, last), events)
+        let key = keys::journal(self.shard, id, last);
+        self.put_encoded(Table::Journal, key, crate::journal::encode(events))
     }
 
     /// Writes an instance's head and keeps its index entries in step;

@@ -6,8 +6,9 @@
 //! transition, index entries, timers): a third of the bytes, and cheaper to
 //! write and read. Bincode cannot carry a JSON value and stores enum
 //! variants by position, so only records without JSON inside are written in
-//! it, and the variants of the enums in them are only ever appended to.
-//! Reads take either version.
+//! it (or mirrored with JSON as text, as journal records are: see
+//! `journal`), and the variants of the enums in them are only ever appended
+//! to. Reads take either version.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -44,6 +45,11 @@ pub fn encode_compact<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     let mut out = vec![VERSION_COMPACT];
     troupe_protocol::codec::encode_into(&value, &mut out);
     out
+}
+
+/// Whether `bytes` were written by [`encode_compact`].
+pub fn is_compact(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&VERSION_COMPACT)
 }
 
 /// Decodes a value written by [`encode`] or [`encode_compact`].

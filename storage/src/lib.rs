@@ -24,6 +24,7 @@ mod batch;
 mod codec;
 mod commit;
 mod error;
+mod journal;
 mod keys;
 mod list;
 pub mod metrics;

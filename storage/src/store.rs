@@ -599,7 +599,8 @@ impl Store {
                 cf,
                 what: "the sequence number a journal key ends with",
             })?;
-            let record: Vec<Event> = decode(cf, &value)?;
+            let record =
+                crate::journal::decode(&value).map_err(|source| Error::Corrupt { cf, source })?;
             bytes += value.len();
             let first = (last + 1).saturating_sub(record.len() as u64);
             let numbered = (first..).zip(record).filter(|(seq, _)| *seq > after);
