@@ -1,7 +1,7 @@
 //! Turning one applied event into storage ops (committed with it) and, once
 //! durable, into actions in the world.
 
-use crate::stored::Persisted;
+use crate::stored::{JournalRecords, Persisted};
 use crate::{Command, Services};
 use troupe_engine::engine::{
     Effect, ErrorInfo, Event, EventKind, InstanceStatus, Millis, RunDetail, TimerId,
@@ -59,6 +59,17 @@ pub(crate) fn batch(
     let mut batch = ShardBatch::new(shard);
     let events: Vec<&Event> = journal.iter().map(|entry| &entry.event).collect();
     let journal_bytes = batch.append_events(id, first_seq, &events);
+    let mut records = persisted.journal;
+    if !events.is_empty() {
+        records = records.with(record.state.events_applied);
+    }
+    // Step runs are deleted by looking for them.
+    if effects
+        .iter()
+        .any(|e| matches!(e, Effect::ArchiveRuns { .. }))
+    {
+        records = JournalRecords::UNKNOWN;
+    }
     for entry in journal {
         match &entry.event.kind {
             EventKind::TimerFired { timer } => batch.cancel_timer(id, timer, armed.remove(timer)),
@@ -85,21 +96,25 @@ pub(crate) fn batch(
             .filter(|seq| *seq > 0)
         {
             batch.drop_history(id, drop_to);
+            records = JournalRecords::UNKNOWN;
         }
         Persisted {
             snapshot_events: record.state.events_applied,
             snapshot_bytes: bytes,
             tail_bytes: 0,
+            journal: records,
         }
     } else {
         Persisted {
             tail_bytes: persisted.tail_bytes + journal_bytes,
+            journal: records,
             ..persisted
         }
     };
     batch.put_head(
         &InstanceHead::of(record, persisted.snapshot_events),
         previous,
+        persisted.journal.known(),
     );
     let (before, after) = (previous.map(|p| p.status), record.state.status);
     if before != Some(after) {

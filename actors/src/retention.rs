@@ -67,15 +67,15 @@ async fn purge_some(
         let ended = store.ended_before(shard, start, horizon, PURGE_BATCH)?;
         let mut batch = ShardBatch::new(shard);
         let mut purged = Vec::new();
-        for (ended_at, id) in &ended {
-            purged.extend(store.purge_ended(&mut batch, *ended_at, id)?);
+        for entry in &ended {
+            purged.extend(store.purge_ended(&mut batch, entry)?);
         }
         Ok::<_, troupe_storage::Error>((batch, ended, purged))
     })
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
-    let Some((last, _)) = ended.last() else {
+    let Some(last) = ended.last().map(|entry| entry.at) else {
         return Ok(0);
     };
     services
@@ -83,7 +83,7 @@ async fn purge_some(
         .append(batch)
         .await
         .map_err(|e| e.to_string())?;
-    *from = *last;
+    *from = last;
     count_purged(&purged);
     Ok(ended.len())
 }

@@ -32,6 +32,58 @@ pub struct Persisted {
     pub snapshot_bytes: usize,
     /// Journal bytes written after it.
     pub tail_bytes: usize,
+    /// Its journal records, while the actor knows them all.
+    pub journal: JournalRecords,
+}
+
+/// Most journal records of an instance kept track of (a short workflow
+/// writes one to a few).
+const TRACKED_RECORDS: usize = 6;
+
+/// The keys (last event numbers) of an instance's journal records, as long
+/// as its actor wrote every one of them, there are few, and none is gone
+/// nor any step run archived: its retention entry then carries them, and
+/// deleting the instance reads nothing (see `troupe_storage::EndedRecord`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalRecords {
+    last_seqs: [u64; TRACKED_RECORDS],
+    /// How many; `None` once unknown.
+    len: Option<usize>,
+}
+
+impl JournalRecords {
+    /// Those of an instance read back from storage: not known.
+    pub const UNKNOWN: Self = Self {
+        last_seqs: [0; TRACKED_RECORDS],
+        len: None,
+    };
+
+    /// The keys, when known.
+    pub fn known(&self) -> Option<&[u64]> {
+        self.len.map(|len| &self.last_seqs[..len])
+    }
+
+    /// With one more record, ending with event `last_seq`.
+    pub fn with(mut self, last_seq: u64) -> Self {
+        match self.len {
+            Some(len) if len < TRACKED_RECORDS => {
+                self.last_seqs[len] = last_seq;
+                self.len = Some(len + 1);
+                self
+            }
+            _ => Self::UNKNOWN,
+        }
+    }
+}
+
+impl Default for JournalRecords {
+    /// Those of a new instance: none.
+    fn default() -> Self {
+        Self {
+            last_seqs: [0; TRACKED_RECORDS],
+            len: Some(0),
+        }
+    }
 }
 
 impl Persisted {
@@ -134,6 +186,7 @@ fn replayed(services: &Services, id: &str, stored: StoredInstance) -> Result<Loa
             snapshot_events: head.snapshot_events,
             snapshot_bytes: stored.snapshot_bytes,
             tail_bytes: stored.tail_bytes,
+            journal: JournalRecords::UNKNOWN,
         },
         armed: stored
             .timers
@@ -166,6 +219,7 @@ mod tests {
             snapshot_events: 10,
             snapshot_bytes: 1_000_000,
             tail_bytes: 100,
+            ..Persisted::default()
         };
         assert!(!snapshotted.snapshot_due(1, false, false));
         assert!(snapshotted.snapshot_due(1, true, false));
@@ -180,6 +234,7 @@ mod tests {
             snapshot_events: 10,
             snapshot_bytes: 1_000,
             tail_bytes: MIN_SNAPSHOT_INTERVAL_BYTES - 100,
+            ..Persisted::default()
         };
         assert!(!small.snapshot_due(99, false, false));
         assert!(small.snapshot_due(100, false, false));
@@ -190,5 +245,21 @@ mod tests {
         };
         assert!(!big.snapshot_due(9_999, false, false));
         assert!(big.snapshot_due(10_000, false, false));
+    }
+
+    #[test]
+    fn journal_records_are_known_while_few_and_all_seen() {
+        let mut records = JournalRecords::default();
+        assert_eq!(records.known(), Some(&[][..]));
+        for seq in 1..=TRACKED_RECORDS as u64 {
+            records = records.with(seq * 3);
+        }
+        assert_eq!(records.known(), Some(&[3, 6, 9, 12, 15, 18][..]));
+        assert_eq!(records.with(21).known(), None, "too many");
+        assert_eq!(
+            JournalRecords::UNKNOWN.with(1).known(),
+            None,
+            "stays unknown"
+        );
     }
 }

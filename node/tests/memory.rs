@@ -158,6 +158,22 @@ async fn ended_instances_are_deleted_after_their_retention_and_waiting_ones_stay
         (api.metric("troupe_instances_purged_total").await == 21.0).then_some(())
     })
     .await;
+    // Not a key of them is left (their journal records, named in their
+    // retention entries, with the rest).
+    let store = node.runtime().services.store.clone();
+    let mut left = Vec::new();
+    for shard in 0..4 {
+        store
+            .export_shard(shard, 1 << 20, |entries| {
+                left.extend(entries.into_iter().map(|e| e.key).filter(|key| {
+                    key.windows(2).any(|w| w == b"q-") || key.windows(3).any(|w| w == b"d-1")
+                }));
+                Ok(())
+            })
+            .unwrap();
+    }
+    drop(store);
+    assert!(left.is_empty(), "keys left: {left:?}");
     for id in ["q-0", "q-19", "d-1"] {
         let (status, body) = api.get(&format!("/v1/workflows/{id}")).await;
         assert_eq!(status, 404, "{id}: {body}");

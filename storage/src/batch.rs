@@ -6,8 +6,8 @@
 use crate::codec;
 use crate::keys::{self, Table};
 use crate::records::{
-    ClusterMap, DefinitionRecord, HumanTaskRecord, IncidentRecord, InstanceHead, OutboxRecord,
-    TimerRecord,
+    ClusterMap, DefinitionRecord, EndedRecord, HumanTaskRecord, IncidentRecord, InstanceHead,
+    OutboxRecord, TimerRecord,
 };
 use serde::{Deserialize, Serialize};
 use troupe_engine::engine::{Event, Instance, InstanceStatus, Millis, StepRun, TimerId};
@@ -191,7 +191,15 @@ impl ShardBatch {
 
     /// Writes an instance's head and keeps its index entries in step;
     /// `previous` is how it was indexed before (`None` for a new instance).
-    pub fn put_head(&mut self, head: &InstanceHead, previous: Option<Indexed>) {
+    /// `journal` lists the keys (last event numbers) of every journal record
+    /// of the instance, when known: an ended instance's retention entry then
+    /// says everything deleting it takes (see [`EndedRecord`]).
+    pub fn put_head(
+        &mut self,
+        head: &InstanceHead,
+        previous: Option<Indexed>,
+        journal: Option<&[u64]>,
+    ) {
         let shard = self.shard;
         let id = head.id.as_str();
         self.put_compact(Table::Instances, keys::instance(shard, id), head);
@@ -210,7 +218,20 @@ impl ShardBatch {
             self.put_compact(Table::ByStatus, keys::by_status(shard, now.status, id), &());
         }
         if now.status.is_terminal() && !previous.is_some_and(|p| p.status.is_terminal()) {
-            self.put_compact(Table::Ended, keys::ended(shard, now.updated_at, id), &());
+            let key = keys::ended(shard, now.updated_at, id);
+            match journal {
+                Some(journal) => self.put_compact(
+                    Table::Ended,
+                    key,
+                    &EndedRecord {
+                        status: now.status,
+                        definition: head.definition.clone(),
+                        snapshot: head.snapshot_events > 0,
+                        journal: journal.to_vec(),
+                    },
+                ),
+                None => self.put_compact(Table::Ended, key, &()),
+            }
         }
         if previous.map(|p| p.updated_at) != Some(now.updated_at) {
             if let Some(p) = previous {

@@ -43,5 +43,6 @@ pub use keys::META_GROUP;
 pub use list::{ListOrder, ListQuery, Page};
 pub use raft_log::{Flushed, StateValue, WalSyncer};
 pub use records::*;
+pub use retention::Ended;
 pub use shard_io::ShardEntry;
 pub use store::{BackgroundWork, FORMAT, StorageMemory, Store, StoreOptions};

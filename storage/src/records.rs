@@ -145,6 +145,22 @@ pub struct InstanceHead {
     pub parent: Option<ParentLink>,
 }
 
+/// What retention needs to delete an ended instance without reading it,
+/// stored in its `ended` entry when its actor wrote every journal record it
+/// has and archived no step run (entries without one, such as those of
+/// earlier builds, are deleted by reading the instance).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedRecord {
+    /// The status it ended in.
+    pub status: InstanceStatus,
+    /// Definition name.
+    pub definition: String,
+    /// Whether a snapshot of it is stored.
+    pub snapshot: bool,
+    /// The key (last event number) of each of its journal records.
+    pub journal: Vec<u64>,
+}
+
 impl InstanceHead {
     /// The head of `record` after its last event, with a snapshot of
     /// `snapshot_events` events stored.

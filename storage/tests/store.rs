@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use troupe_engine::definition;
 use troupe_engine::engine::{Event, EventKind, Instance, InstanceStatus, TimerId, TimerKind};
 use troupe_storage::{
-    Committer, Error, HumanTaskRecord, Indexed, InstanceHead, InstanceRecord, ListOrder, ListQuery,
-    META_GROUP, ShardBatch, Store, StoreOptions, TimerRecord, human_task_id,
+    Committer, Ended, EndedRecord, Error, HumanTaskRecord, Indexed, InstanceHead, InstanceRecord,
+    ListOrder, ListQuery, META_GROUP, ShardBatch, Store, StoreOptions, TimerRecord, human_task_id,
 };
 
 struct Dir(PathBuf);
@@ -82,7 +82,7 @@ async fn put(
     previous: Option<Indexed>,
 ) {
     let mut batch = ShardBatch::new(shard);
-    batch.put_head(&InstanceHead::of(record, 0), previous);
+    batch.put_head(&InstanceHead::of(record, 0), previous, None);
     batch.count_status(record.state.status, 1);
     if let Some(p) = previous {
         batch.count_status(p.status, -1);
@@ -216,7 +216,7 @@ async fn a_shard_moves_whole_between_stores_and_leaves_nothing_behind() {
         .unwrap();
     let mut batch = ShardBatch::new(1);
     let record = instance(&id, "d", InstanceStatus::Waiting, 7);
-    batch.put_head(&InstanceHead::of(&record, 1), None);
+    batch.put_head(&InstanceHead::of(&record, 1), None, None);
     batch.put_snapshot(&record.state);
     let event = Event {
         at: 7,
@@ -374,12 +374,12 @@ async fn an_instance_loads_as_its_snapshot_plus_the_journal_after_it() {
     batch.append_events("t-1", 1, &[&event(1), &event(2)]);
     record.state.events_applied = 2;
     batch.put_snapshot(&record.state);
-    batch.put_head(&InstanceHead::of(&record, 2), None);
+    batch.put_head(&InstanceHead::of(&record, 2), None, None);
     committer.append(batch).await.unwrap();
     let mut batch = ShardBatch::new(1);
     let tail_bytes = batch.append_events("t-1", 3, &[&event(3)]);
     record.state.events_applied = 3;
-    batch.put_head(&InstanceHead::of(&record, 2), None);
+    batch.put_head(&InstanceHead::of(&record, 2), None, None);
     let run = step_run();
     batch.archive_run("t-1", "each/0/a", &run);
     batch.archive_run("t-1", "each/1/a", &run);
@@ -440,7 +440,7 @@ async fn each_instance_reads_exactly_its_own_journal_from_memtables_and_files() 
             if round == 2 {
                 record.state.status = InstanceStatus::Completed;
             }
-            batch.put_head(&InstanceHead::of(&record, 0), None);
+            batch.put_head(&InstanceHead::of(&record, 0), None, None);
             committer.append(batch).await.unwrap();
             *events.entry(id.clone()).or_insert(0) += 3;
         }
@@ -690,7 +690,7 @@ async fn rocksdb_memory_is_reported_and_stays_within_its_budgets() {
         let mut batch = ShardBatch::new(1);
         for id in chunk {
             let record = instance(id, "memory", InstanceStatus::Completed, 1);
-            batch.put_head(&InstanceHead::of(&record, 0), None);
+            batch.put_head(&InstanceHead::of(&record, 0), None, None);
         }
         committer.append(batch).await.unwrap();
     }
@@ -714,7 +714,7 @@ async fn rocksdb_memory_is_reported_and_stays_within_its_budgets() {
             InstanceStatus::Completed,
             1,
         );
-        batch.put_head(&InstanceHead::of(&record, 0), None);
+        batch.put_head(&InstanceHead::of(&record, 0), None, None);
         committer.append(batch).await.unwrap();
         settled = store.memory().unwrap();
     }
@@ -744,7 +744,7 @@ async fn flushed_files_show_as_background_work() {
         let mut batch = ShardBatch::new(1);
         for i in 0..100 {
             let record = instance(&format!("bg-{round}-{i}"), "bg", InstanceStatus::Running, 1);
-            batch.put_head(&InstanceHead::of(&record, 0), None);
+            batch.put_head(&InstanceHead::of(&record, 0), None, None);
         }
         committer.append(batch).await.unwrap();
         store.flush().unwrap();
@@ -803,7 +803,8 @@ async fn flushes_and_compactions_bypass_the_page_cache_and_their_tables_read_bac
 
 /// Retention: instances that ended before the horizon are found oldest
 /// first and deleted whole (head, snapshot, journal, step runs, index
-/// entries, status count); instances that ended later, are still waiting,
+/// entries, status count), whether their entry says what to delete or
+/// they are read to find it; instances that ended later, are still waiting,
 /// or only share a prefix of the id keep every key.
 #[tokio::test]
 async fn ended_instances_past_the_horizon_are_purged_whole_and_nothing_else() {
@@ -814,21 +815,30 @@ async fn ended_instances_past_the_horizon_are_purged_whole_and_nothing_else() {
         at: 1,
         kind: EventKind::CancelRequested { reason: "r".into() },
     };
-    // Each instance runs, then (but for `xxx`) ends with a snapshot, two
-    // journal records and an archived run.
+    // Each instance runs, then (but for `xxx`) ends with a snapshot and two
+    // journal records; `x`'s entry lists them, the others archived a run
+    // (so their entries cannot say all there is).
     let run = |id: &str, ended: Option<(InstanceStatus, u64)>| {
         let mut batch = ShardBatch::new(0);
         let running = instance(id, "d", InstanceStatus::Running, 1);
-        batch.put_head(&InstanceHead::of(&running, 0), None);
+        batch.put_head(&InstanceHead::of(&running, 0), None, Some(&[2]));
         batch.count_status(InstanceStatus::Running, 1);
         batch.append_events(id, 1, &[&event, &event]);
         if let Some((status, at)) = ended {
             let done = instance(id, "d", status, at);
             batch.append_events(id, 3, &[&event]);
             batch.put_snapshot(&done.state);
-            batch.archive_run(id, "each/0/a", &step_run());
+            let tracked = id == "x";
+            if !tracked {
+                batch.archive_run(id, "each/0/a", &step_run());
+            }
             let previous = Indexed::of(&InstanceHead::of(&running, 0));
-            batch.put_head(&InstanceHead::of(&done, 3), Some(previous));
+            let journal: &[u64] = &[2, 3];
+            batch.put_head(
+                &InstanceHead::of(&done, 3),
+                Some(previous),
+                tracked.then_some(journal),
+            );
             batch.count_status(InstanceStatus::Running, -1);
             batch.count_status(status, 1);
         }
@@ -854,18 +864,34 @@ async fn ended_instances_past_the_horizon_are_purged_whole_and_nothing_else() {
     };
     let before = everything(&store);
 
+    let ids = |ended: Vec<Ended>| -> Vec<(u64, String)> {
+        ended.into_iter().map(|e| (e.at, e.id)).collect()
+    };
     let due = store.ended_before(0, 0, 200, 10).unwrap();
-    assert_eq!(due, [(100, "x".to_owned()), (150, "y".to_owned())]);
+    assert_eq!(
+        due[0].record,
+        Some(EndedRecord {
+            status: InstanceStatus::Completed,
+            definition: "d".into(),
+            snapshot: true,
+            journal: vec![2, 3],
+        })
+    );
+    assert_eq!(due[1].record, None, "y archived a run");
+    assert_eq!(
+        ids(due.clone()),
+        [(100, "x".to_owned()), (150, "y".to_owned())]
+    );
     assert_eq!(store.ended_before(0, 0, 200, 1).unwrap().len(), 1, "limit");
     assert_eq!(
-        store.ended_before(0, 101, 200, 10).unwrap(),
+        ids(store.ended_before(0, 101, 200, 10).unwrap()),
         [(150, "y".to_owned())],
         "from"
     );
     let mut batch = ShardBatch::new(0);
     let mut purged = Vec::new();
-    for (at, id) in &due {
-        purged.push(store.purge_ended(&mut batch, *at, id).unwrap());
+    for entry in &due {
+        purged.push(store.purge_ended(&mut batch, entry).unwrap());
     }
     assert_eq!(
         purged,
@@ -894,9 +920,14 @@ async fn ended_instances_past_the_horizon_are_purged_whole_and_nothing_else() {
         "xx and xxx keep every key"
     );
     assert_eq!(of(&after, "y"), 0, "nothing of y is left");
-    // Head, snapshot, two journal records, a step run and four index
-    // entries each (the status counters stay, counted down).
-    assert_eq!(before.len() - after.len(), 2 * 9);
+    assert_eq!(
+        of(&after, "x") - of(&after, "xx"),
+        0,
+        "nothing of x is left"
+    );
+    // Head, snapshot, two journal records and four index entries each, and
+    // y's step run (the status counters stay, counted down).
+    assert_eq!(before.len() - after.len(), 2 * 8 + 1);
     assert_eq!(
         store.status_counts(0).unwrap(),
         [
@@ -908,12 +939,17 @@ async fn ended_instances_past_the_horizon_are_purged_whole_and_nothing_else() {
     );
     assert!(store.ended_before(0, 0, 200, 10).unwrap().is_empty());
     assert_eq!(
-        store.ended_before(0, 0, 301, 10).unwrap(),
+        ids(store.ended_before(0, 0, 301, 10).unwrap()),
         [(300, "xx".into())]
     );
 
-    // A stale entry (its instance gone) only loses its index entry.
+    // A stale entry without a record (its instance gone) only loses itself.
     let mut batch = ShardBatch::new(0);
-    assert_eq!(store.purge_ended(&mut batch, 100, "x").unwrap(), None);
+    let stale = Ended {
+        at: 150,
+        id: "y".into(),
+        record: None,
+    };
+    assert_eq!(store.purge_ended(&mut batch, &stale).unwrap(), None);
     assert_eq!(batch.len(), 1);
 }
