@@ -350,6 +350,11 @@ async fn transition(state: &mut WorkflowState, kinds: Vec<EventKind>) -> Result<
     metrics::counter!(crate::metrics::TRANSITIONS_TOTAL).increment(journal.len() as u64);
     if before != after || is_start {
         crate::metrics::status_moved((!is_start).then_some(before), after);
+        if after.is_terminal() && (is_start || !before.is_terminal()) {
+            services
+                .ended
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
     effects::perform(&services, record, effects);
     Ok(last_ignored.map_or(Applied::Done, Applied::Ignored))

@@ -75,6 +75,7 @@ impl Runtime {
             live: Arc::new(AtomicUsize::new(0)),
             budget,
             last_shed: Default::default(),
+            ended: Default::default(),
             finished: FinishWaiters::default(),
             pending_starts: queue::PendingStarts::default(),
             router,

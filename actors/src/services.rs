@@ -61,6 +61,8 @@ pub struct Services {
     pub budget: Arc<budget::MemoryBudget>,
     /// When idle instances were last shed, ms since the Unix epoch.
     pub(crate) last_shed: std::sync::atomic::AtomicU64,
+    /// Instances that ended here so far (retention paces its deletes by it).
+    pub(crate) ended: std::sync::atomic::AtomicU64,
     /// Callers waiting for instances to end.
     pub finished: FinishWaiters,
     /// Leased attempts whose start is deferred to their report.

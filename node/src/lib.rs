@@ -65,7 +65,7 @@ impl Node {
             shards: config.shards,
             write_buffer_bytes: config.storage.write_buffer_mb << 20,
             block_cache_bytes: config.storage.block_cache_mb << 20,
-            background_write_bytes_per_sec: config.storage.background_write_mb << 20,
+            background_write_bytes_per_sec: config.background_write_mb() << 20,
             direct_io: config.storage.direct_io,
         };
         let store = Store::open(&config.data_dir, options)?;

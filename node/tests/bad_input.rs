@@ -184,6 +184,11 @@ fn configs_are_validated_with_clear_errors() {
         "a week by default"
     );
     assert_eq!(retention("\"never\"").unwrap().storage.retention, None);
+    // The cap on background writes: low on a single node, higher on a
+    // cluster node, whatever is set when set.
+    assert_eq!(Config::from_toml(base).unwrap().background_write_mb(), 16);
+    let set = Config::from_toml(&format!("{base}[storage]\nbackground-write-mb = 0\n"));
+    assert_eq!(set.unwrap().background_write_mb(), 0);
     assert_eq!(
         retention("\"90s\"").unwrap().storage.retention,
         Some(std::time::Duration::from_secs(90))
@@ -226,6 +231,8 @@ fn every_ready_made_topology_loads() {
                     data_dirs.insert(config.data_dir.clone()),
                     "members share a data dir"
                 );
+                let cap = if id > 0 { 64 } else { 16 };
+                assert_eq!(config.background_write_mb(), cap, "{}", path.display());
                 for file in &config.deploy {
                     assert!(
                         file.exists(),
