@@ -312,7 +312,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Open-loop runs at rising rates; returns the highest rate that kept p99
-/// within `slo_ms` with no backlog, and every run.
+/// within `slo_ms` with no backlog, and every run. A rate that misses is
+/// run once more before the sweep stops: one short run can land on a
+/// single compaction's stall.
 async fn sweep(
     base: &RunArgs,
     slo_ms: f64,
@@ -320,6 +322,7 @@ async fn sweep(
     factor: f64,
 ) -> anyhow::Result<(f64, Vec<serde_json::Value>)> {
     let (mut rate, mut knee, mut results) = (start_rate, 0.0, Vec::new());
+    let mut retried = false;
     loop {
         let mut args = base.clone();
         args.rate = Some(rate.round());
@@ -331,8 +334,13 @@ async fn sweep(
         let kept_up = achieved >= 0.9 * rate.round() && !errors;
         results.push(r);
         if p99 > slo_ms || !kept_up {
-            return Ok((knee, results));
+            if retried {
+                return Ok((knee, results));
+            }
+            retried = true;
+            continue;
         }
+        retried = false;
         knee = rate.round();
         rate *= factor.max(1.01);
     }
