@@ -74,8 +74,12 @@ async fn sweep(services: Weak<Services>, retention: Duration) {
         };
         let horizon = crate::now_millis().saturating_sub(retention.as_millis() as Millis);
         let budget = pace.budget(services.ended.load(Ordering::Relaxed));
-        // Shared evenly, so that no shard's backlog waits on another's.
-        let share = budget.div_ceil(shards.max(1) as usize);
+        // Shared evenly among the shards served here (a cluster node serves
+        // some), so that no shard's backlog waits on another's.
+        let active = (0..shards)
+            .filter(|shard| services.router.is_active(*shard))
+            .count();
+        let share = budget.div_ceil(active.max(1));
         for (shard, from) in (0..).zip(purged_up_to.iter_mut()) {
             let mut left = share;
             while left > 0 && services.router.is_active(shard) {
