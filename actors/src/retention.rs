@@ -5,9 +5,12 @@
 //! actor; a start with a purged id begins a new instance.
 //!
 //! Deleting is paced by how fast instances end here, smoothed over half a
-//! minute, with room to catch up: deleting exactly what ended a retention
-//! ago echoed every swing of load (a fast minute made the minute one
-//! retention later slow, which made the one after fast again).
+//! minute, and runs a few seconds behind the retention horizon, faster
+//! when further behind and slower when closer: deleting exactly what ended
+//! a retention ago echoed every swing of load (a fast minute made the
+//! minute one retention later slow, which made the one after fast again),
+//! and so did deleting right at the horizon, where a slow minute left
+//! little to delete a retention later.
 
 use crate::Services;
 use std::sync::Weak;
@@ -31,8 +34,9 @@ pub(crate) fn start(services: Weak<Services>, retention: Duration) {
 }
 
 /// How many instances a sweep may delete: the smoothed number that ended
-/// per sweep, with headroom so that a backlog drains, and a floor so that
-/// one drains on an idle node too.
+/// per sweep, scaled by how far behind the horizon a shard's deletion runs
+/// (see [`Pace::factor`]), and a floor so that a backlog drains on an idle
+/// node too.
 #[derive(Debug, Default)]
 struct Pace {
     /// Instances ended when last asked.
@@ -44,18 +48,42 @@ struct Pace {
 impl Pace {
     /// Weight of the latest sweep in the smoothed rate (half a minute).
     const SMOOTHING: f64 = 1.0 / 300.0;
-    /// Deleting may run this much faster than instances end.
-    const HEADROOM: f64 = 1.25;
     /// Deletes per sweep allowed whatever the rate (1,000 a second).
     const FLOOR: f64 = 100.0;
+    /// How far behind the horizon deletion aims to run, at most: a reserve
+    /// of due instances, so that what a slow stretch left to delete is made
+    /// up from it instead of showing as a fast stretch a retention later.
+    const TARGET_LAG: Millis = 10_000;
+    /// Being this much further behind than aimed doubles the pace.
+    const CATCH_UP: f64 = 40_000.0;
 
-    /// The budget of the next sweep, given how many instances ended here
-    /// so far.
-    fn budget(&mut self, ended: u64) -> usize {
+    /// Instances ended per sweep, smoothed, given how many ended here so
+    /// far; call once per sweep.
+    fn rate(&mut self, ended: u64) -> f64 {
         let new = ended.saturating_sub(self.ended_seen) as f64;
         self.ended_seen = ended;
         self.per_sweep += (new - self.per_sweep) * Self::SMOOTHING;
-        (self.per_sweep * Self::HEADROOM).max(Self::FLOOR) as usize
+        self.per_sweep
+    }
+
+    /// The pace relative to the end rate for a shard whose deletion runs
+    /// `lag` behind the horizon, when it aims at `target`: between three
+    /// quarters and one and a half.
+    fn factor(lag: Millis, target: Millis) -> f64 {
+        let ahead = lag as f64 - target as f64;
+        (1.0 + ahead / Self::CATCH_UP).clamp(0.75, 1.5)
+    }
+
+    /// The lag aimed at under `retention`: a tenth of it, at most
+    /// [`Self::TARGET_LAG`].
+    fn target(retention: Duration) -> Millis {
+        (retention.as_millis() as Millis / 10).min(Self::TARGET_LAG)
+    }
+
+    /// What one of `shards` shards may delete this sweep at `rate`.
+    fn share(rate: f64, shards: usize, lag: Millis, target: Millis) -> usize {
+        let budget = (rate * Self::factor(lag, target)).max(Self::FLOOR);
+        (budget / shards.max(1) as f64).ceil() as usize
     }
 }
 
@@ -67,21 +95,21 @@ async fn sweep(services: Weak<Services>, retention: Duration) {
     let shards = services.upgrade().map_or(0, |s| s.settings.shards);
     let mut purged_up_to: Vec<Millis> = vec![0; shards as usize];
     let mut pace = Pace::default();
+    let target = Pace::target(retention);
     loop {
         tick.tick().await;
         let Some(services) = services.upgrade() else {
             return;
         };
         let horizon = crate::now_millis().saturating_sub(retention.as_millis() as Millis);
-        let budget = pace.budget(services.ended.load(Ordering::Relaxed));
+        let rate = pace.rate(services.ended.load(Ordering::Relaxed));
         // Shared evenly among the shards served here (a cluster node serves
         // some), so that no shard's backlog waits on another's.
         let active = (0..shards)
             .filter(|shard| services.router.is_active(*shard))
             .count();
-        let share = budget.div_ceil(active.max(1));
         for (shard, from) in (0..).zip(purged_up_to.iter_mut()) {
-            let mut left = share;
+            let mut left = Pace::share(rate, active, horizon.saturating_sub(*from), target);
             while left > 0 && services.router.is_active(shard) {
                 let limit = left.min(PURGE_BATCH);
                 match purge_some(&services, shard, from, horizon, limit).await {
@@ -143,29 +171,44 @@ fn count_purged(purged: &[InstanceStatus]) {
 
 #[cfg(test)]
 mod tests {
-    use super::Pace;
+    use super::{Duration, Millis, Pace};
 
     #[test]
-    fn deletes_are_paced_by_the_smoothed_end_rate_with_headroom() {
+    fn deletes_are_paced_by_the_smoothed_end_rate() {
         let mut pace = Pace::default();
-        assert_eq!(pace.budget(0), 100, "the floor");
-        // 1,000 instances end per sweep for a while: the budget climbs to
-        // a quarter above it, and no further.
+        assert_eq!(pace.rate(0), 0.0);
+        assert_eq!(Pace::share(0.0, 4, 0, 0), 25, "the floor, shared");
+        // 1,000 instances end per sweep for a while: the rate follows.
         let mut ended = 0;
-        let mut budget = 0;
+        let mut rate = 0.0;
         for _ in 0..3_000 {
             ended += 1_000;
-            budget = pace.budget(ended);
+            rate = pace.rate(ended);
         }
-        assert!((1_240..=1_250).contains(&budget), "{budget}");
+        assert!((990.0..=1_000.0).contains(&rate), "{rate}");
         // A burst of one sweep moves it by a fraction only.
         ended += 30_000;
-        let after_burst = pace.budget(ended);
-        assert!(after_burst < budget + 150, "{after_burst}");
-        // When nothing ends any more it sinks back to the floor.
+        assert!(pace.rate(ended) < rate + 100.0);
+        // When nothing ends any more it sinks to nothing (the floor stays).
         for _ in 0..10_000 {
-            budget = pace.budget(ended);
+            rate = pace.rate(ended);
         }
-        assert_eq!(budget, 100);
+        assert!(rate < 1.0, "{rate}");
+    }
+
+    #[test]
+    fn deletion_runs_a_little_behind_the_horizon() {
+        let target = Pace::target(Duration::from_secs(60));
+        assert_eq!(target, 6_000, "a tenth of the retention");
+        assert_eq!(Pace::target(Duration::from_secs(3_600)), Pace::TARGET_LAG);
+        // At the aimed lag, the end rate; closer to the horizon, slower
+        // (a reserve builds up); further behind, faster, within bounds.
+        assert_eq!(Pace::share(10_000.0, 1, target, target), 10_000);
+        assert_eq!(Pace::share(10_000.0, 1, 0, target), 8_500);
+        assert_eq!(Pace::share(10_000.0, 1, target + 20_000, target), 15_000);
+        assert_eq!(Pace::share(10_000.0, 1, Millis::MAX, target), 15_000);
+        assert_eq!(Pace::share(10_000.0, 1, target + 10_000, target), 12_500);
+        // Split among the shards served.
+        assert_eq!(Pace::share(10_000.0, 3, target, target), 3_334);
     }
 }

@@ -597,9 +597,9 @@ pub async fn soak(
         mins = duration.as_secs_f64() / 60.0,
         warmup = run_args.warmup.as_secs(),
         why = if retention.is_some() {
-            "the retention plus a minute: deletions and compactions at their steady pace"
+            "the retention plus two minutes: deletions and compactions at their steady pace"
         } else {
-            "a minute: compactions at their steady pace"
+            "two minutes: compactions at their steady pace"
         },
         machine = machine(),
         mean = r["workflows_per_s"],
@@ -630,11 +630,12 @@ pub async fn soak(
 
 /// A soak measures the node in its steady state: from when retention
 /// deletes instances as fast as they end and compactions have reached the
-/// levels that data fills (about a minute). Before that an empty database
-/// runs faster than any full one will (a third faster in the first minute
-/// on two cores), which no length of run keeps.
+/// levels that data fills. Before that an empty database runs faster than
+/// any full one will (a third faster in the first minute on two cores),
+/// and once deletions start they first make up for that minute (which
+/// ended instances faster than any later one), for up to two minutes.
 fn soak_warmup(retention: Option<Duration>) -> Duration {
-    retention.unwrap_or_default() + Duration::from_secs(60)
+    retention.unwrap_or_default() + Duration::from_secs(120)
 }
 
 /// Replaces what stands between `<!-- NAME:begin ... -->` and
