@@ -4,11 +4,13 @@
 //! (fresh data dir, durability on) or a running node; `troupe-bench suite`
 //! runs the standard set and writes `docs/benchmarks.md`; `troupe-bench
 //! soak` runs `noop` for ten minutes (closed loop, or open with `--rate`)
-//! and adds its timeline there.
+//! and adds its timeline there; `troupe-bench probe` measures how steady
+//! the machine itself is.
 
 mod big;
 mod cluster;
 mod load;
+mod probe;
 mod report;
 mod scenario;
 mod target;
@@ -182,6 +184,19 @@ enum Cmd {
         #[arg(long, default_value_t = 16)]
         shards: u32,
     },
+    /// How steady the machine is without Troupe: memory-bound work per
+    /// 10-s window on each thread (run it on an otherwise idle machine).
+    Probe {
+        /// Measured time.
+        #[arg(long, default_value = "120s", value_parser = humantime_duration)]
+        duration: Duration,
+        /// Threads (one per core to load the whole machine).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Working set per thread, MiB (larger than the caches).
+        #[arg(long, default_value_t = 32)]
+        mib: usize,
+    },
     /// A long noop run (closed loop, or open with --rate); writes
     /// throughput, p99 and memory per window to docs/benchmarks.md.
     Soak {
@@ -286,6 +301,14 @@ async fn main() -> anyhow::Result<()> {
             );
             let json = json.unwrap_or_else(|| format!("bench/results/{}.json", load.name()).into());
             report::soak(&markdown, &json, duration, load, retention).await?
+        }
+        Cmd::Probe {
+            duration,
+            threads,
+            mib,
+        } => {
+            let result = tokio::task::spawn_blocking(move || probe::run(duration, threads, mib));
+            println!("{}", serde_json::to_string_pretty(&result.await?)?);
         }
         Cmd::Failover {
             rate,
