@@ -196,6 +196,10 @@ enum Cmd {
         /// Working set per thread, MiB (larger than the caches).
         #[arg(long, default_value_t = 32)]
         mib: usize,
+        /// Share of each second each thread works (below 1 to run beside
+        /// a load test).
+        #[arg(long, default_value_t = 1.0)]
+        duty: f64,
     },
     /// A long noop run (closed loop, or open with --rate); writes
     /// throughput, p99 and memory per window to docs/benchmarks.md.
@@ -306,8 +310,10 @@ async fn main() -> anyhow::Result<()> {
             duration,
             threads,
             mib,
+            duty,
         } => {
-            let result = tokio::task::spawn_blocking(move || probe::run(duration, threads, mib));
+            let result =
+                tokio::task::spawn_blocking(move || probe::run(duration, threads, mib, duty));
             println!("{}", serde_json::to_string_pretty(&result.await?)?);
         }
         Cmd::Failover {

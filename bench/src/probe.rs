@@ -3,16 +3,19 @@
 //! working set larger than the caches (every step a cache miss), counting
 //! steps per 10-s window; on a shared host the windows of memory-bound
 //! work differ as neighbours load its caches and memory. A node's rate per
-//! window cannot be steadier than this.
+//! window cannot be steadier than this. With a duty below 1 each thread
+//! works only that share of each second, so the probe can run beside a
+//! load test and tell which of its windows the machine slowed.
 
 use crate::report::WINDOW_SECS;
 use std::time::{Duration, Instant};
 
 /// Steps per window of each thread, and the slowest window's share of the
 /// fastest over all of them.
-pub fn run(duration: Duration, threads: usize, mib: usize) -> serde_json::Value {
+pub fn run(duration: Duration, threads: usize, mib: usize, duty: f64) -> serde_json::Value {
+    let duty = duty.clamp(0.01, 1.0);
     let handles: Vec<_> = (0..threads.max(1))
-        .map(|seed| std::thread::spawn(move || chase(duration, mib, seed as u64 + 1)))
+        .map(|seed| std::thread::spawn(move || chase(duration, mib, duty, seed as u64 + 1)))
         .collect();
     let windows: Vec<Vec<u64>> = handles
         .into_iter()
@@ -21,24 +24,30 @@ pub fn run(duration: Duration, threads: usize, mib: usize) -> serde_json::Value 
     let ratios: Vec<f64> = windows.iter().map(|w| slowest_to_fastest(w)).collect();
     serde_json::json!({
         "working_set_mib": mib,
+        "duty": duty,
         "window_secs": WINDOW_SECS,
         "steps_per_window": windows,
         "slowest_to_fastest": ratios,
     })
 }
 
-/// Follows a random cycle through `mib` MiB for `duration`; returns the
-/// steps taken in each whole window.
-fn chase(duration: Duration, mib: usize, seed: u64) -> Vec<u64> {
+/// Follows a random cycle through `mib` MiB for `duration`, working
+/// `duty` of each second; returns the steps taken in each whole window.
+fn chase(duration: Duration, mib: usize, duty: f64, seed: u64) -> Vec<u64> {
     let next = random_cycle((mib << 20) / size_of::<usize>(), seed);
     let (start, mut at, mut windows) = (Instant::now(), 0usize, Vec::new());
     let mut steps = 0u64;
     let mut window_end = start + Duration::from_secs(WINDOW_SECS as u64);
+    let mut second = start;
     while start.elapsed() < duration {
         for _ in 0..10_000 {
             at = next[at];
         }
         steps += 10_000;
+        if duty < 1.0 && second.elapsed() >= Duration::from_secs_f64(duty) {
+            second += Duration::from_secs(1);
+            std::thread::sleep(second.saturating_duration_since(Instant::now()));
+        }
         if Instant::now() >= window_end {
             windows.push(steps);
             steps = 0;
