@@ -54,7 +54,8 @@ impl Pace {
     /// of due instances, so that what a slow stretch left to delete is made
     /// up from it instead of showing as a fast stretch a retention later.
     const TARGET_LAG: Millis = 10_000;
-    /// Being this much further behind than aimed doubles the pace.
+    /// The pace moves by the whole end rate per this much lag beyond the
+    /// target (or short of it), within 0.75 to 1.5 times the end rate.
     const CATCH_UP: f64 = 40_000.0;
 
     /// Instances ended per sweep, smoothed, given how many ended here so
