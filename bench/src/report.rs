@@ -118,7 +118,8 @@ pub fn result(
             "seconds": WINDOW_SECS,
             "workflows_per_s": windows.iter().map(|w| w.round()).collect::<Vec<_>>(),
             "slowest": if windows.is_empty() { Value::Null } else { json!(slowest.round()) },
-            "slowest_to_fastest": if fastest > 0.0 { json!((slowest / fastest * 100.0).round() / 100.0) } else { Value::Null },
+            // Four places, so that 79.7% is not checked as 80%.
+            "slowest_to_fastest": if fastest > 0.0 { json!((slowest / fastest * 10_000.0).round() / 10_000.0) } else { Value::Null },
             "node_rss_mb": rss_windows,
             "node_data_mb": data_windows,
             "node_cpu_ms_per_workflow": cpu_windows,
@@ -167,7 +168,7 @@ pub fn markdown_row(r: &Value) -> String {
     let l = &r["latency_ms"];
     let slowest = match r["windows"]["slowest"].as_f64() {
         Some(w) => format!(
-            "{w} ({:.0}%)",
+            "{w} ({:.1}%)",
             r["windows"]["slowest_to_fastest"].as_f64().unwrap_or(0.0) * 100.0
         ),
         None => "–".into(),
@@ -462,9 +463,9 @@ fn big_table(runs: &[&Value]) -> String {
     out
 }
 
-/// Writes back what the build just wrote, so that the first runs do not
-/// fsync behind hundreds of megabytes of compiler output.
-fn settle_disk() {
+/// Writes back what is pending (the build's output, a removed data dir),
+/// so that the next run's fsyncs do not wait behind it.
+pub(crate) fn settle_disk() {
     let _ = std::process::Command::new("sync").status();
     std::thread::sleep(Duration::from_secs(2));
 }
