@@ -2,10 +2,10 @@
 //! code running. Each thread chases pointers through a random cycle over a
 //! working set larger than the caches (every step a cache miss), counting
 //! steps per 10-s window; on a shared host the windows of memory-bound
-//! work differ as neighbours load its caches and memory. A node's rate per
-//! window cannot be steadier than this. With a duty below 1 each thread
-//! works only that share of each second, so the probe can run beside a
-//! load test and tell which of its windows the machine slowed.
+//! work differ as neighbours load its caches and memory, and a node's
+//! memory-heavy rate per window can hardly be steadier. With a duty below
+//! 1 each thread works only that share of each second, so the probe can
+//! run beside a load test (which also moves it, through the caches).
 
 use crate::report::WINDOW_SECS;
 use std::time::{Duration, Instant};
