@@ -138,6 +138,8 @@ pub fn result(
         "node_cpu_ms_per_workflow": node.cpu.map(|c| (c * 1000.0 / tally.ended_ok.max(1) as f64 * 1000.0).round() / 1000.0),
         "node_peak_rss_mb": node.rss_after.map(|(_, peak)| peak / (1 << 20)),
         "fsync_ms": {"p50": quantile("0.5"), "p99": quantile("0.99")},
+        // Null when the node does not say (an older build).
+        "data_dir_online_discard": node.after_metrics.contains(ONLINE_DISCARD).then(|| metric(&node.after_metrics, ONLINE_DISCARD, &[]) > 0.0),
         "memory_per_waiting_instance_bytes": memory_per_waiting,
         "correctness": {
             "started": tally.started,
@@ -412,7 +414,7 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
     let generated = format!(
         "Produced by `make bench` (`troupe-bench suite`) on {date}, in {secs:.0} s.\n\n\
          - Machine: {machine}\n\
-         - Node: one `troupe-node` started by the harness with the default settings, 16 shards, `sync = true` (every group commit fsynced before acknowledging), fresh data dir on the local disk; load generator and workers on the same machine, native protocol, 4 client connections.\n\
+         - Node: one `troupe-node` started by the harness with the default settings, 16 shards, `sync = true` (every group commit fsynced before acknowledging), fresh data dir on the local disk ({mount}); load generator and workers on the same machine, native protocol, 4 client connections.\n\
          - Runs: the headline runs (noop and workers at c=256, open loop at 80% of peak) measure {long} s after a {long_warm}-s warm-up, the others {dur} s after {warm} s; rates are also given per 10-s window. Latency is start-to-complete as the client sees it (`Client::run`: the start's answer when the workflow ended within it, as `noop` steps let it; otherwise start, then await the result), in open-loop runs counted from each scheduled send time.\n\n\
          ### Targets\n\n| target | measured | |\n|---|---|---|\n{targets}\n\n\
          ### All runs\n\n{header}\n{table}\n\n\
@@ -421,6 +423,7 @@ pub async fn suite(markdown: &Path, json_path: &Path, quick: bool) -> anyhow::Re
         date = today(),
         secs = started.elapsed().as_secs_f64(),
         machine = machine(),
+        mount = data_dir_mount(&results),
         warm = if quick { 1 } else { 2 },
         dur = if quick { 2 } else { 10 },
         long = if quick { 2 } else { 60 },
@@ -587,7 +590,7 @@ pub async fn soak(
         })
         .collect();
     let generated = format!(
-        "Produced by `make soak` (`{command}`) on {date}: {load}, `noop`, {mins:.0} min measured after a {warmup}-s warm-up ({why}), one node with {settings} and `sync = true`; machine: {machine}.\n\n\
+        "Produced by `make soak` (`{command}`) on {date}: {load}, `noop`, {mins:.0} min measured after a {warmup}-s warm-up ({why}), one node with {settings} and `sync = true`, data dir on the local disk ({mount}); machine: {machine}.\n\n\
          Mean {mean} wf/s; slowest 10-s window {slowest} wf/s ({ratio:.0}% of the fastest); p99 {p99} ms (worst window's p99 {worst_p99} ms); {errors} errors; exactly once: {ok}; peak RSS {peak} MB; data dir {data_end} MB at the start of the last window.\n\n\
          | window | wf/s | p99 ms | node CPU ms per workflow | node RSS at its start, MB | data dir at its start, MB |\n|---|---|---|---|---|---|\n{rows}\n\n\
          Raw result: `{json}`.",
@@ -603,6 +606,7 @@ pub async fn soak(
             "two minutes: compactions at their steady pace"
         },
         machine = machine(),
+        mount = data_dir_mount(std::slice::from_ref(&r)),
         mean = r["workflows_per_s"],
         slowest = r["windows"]["slowest"],
         ratio = r["windows"]["slowest_to_fastest"].as_f64().unwrap_or(0.0) * 100.0,
@@ -666,6 +670,25 @@ fn today() -> String {
         .unwrap_or_default()
 }
 
+/// The node's gauge of whether its data dir's file system trims online.
+const ONLINE_DISCARD: &str = "troupe_storage_online_discard";
+
+/// How the runs' data dir was mounted, as the nodes reported it.
+fn data_dir_mount(results: &[Value]) -> &'static str {
+    let reported: Vec<bool> = results
+        .iter()
+        .filter_map(|r| r["data_dir_online_discard"].as_bool())
+        .collect();
+    match (reported.contains(&true), reported.contains(&false)) {
+        (true, false) => {
+            "its file system mounted with online `discard` (fsyncs wait for the trims of deleted files; see docs/operations.md)"
+        }
+        (false, true) => "its file system mounted without online `discard`",
+        (true, true) => "file systems with and without online `discard`",
+        (false, false) => "its mount options not reported",
+    }
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -695,8 +718,20 @@ fn machine() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{SoakLoad, soak_settings, write_section};
+    use super::{SoakLoad, data_dir_mount, soak_settings, write_section};
+    use serde_json::json;
     use std::time::Duration;
+
+    #[test]
+    fn the_mount_line_says_what_the_nodes_reported() {
+        let run = |discard: serde_json::Value| json!({ "data_dir_online_discard": discard });
+        assert!(data_dir_mount(&[run(json!(true)), run(json!(null))]).contains("with online"));
+        assert!(data_dir_mount(&[run(json!(false))]).contains("without"));
+        assert!(
+            data_dir_mount(&[run(json!(false)), run(json!(true))]).contains("with and without")
+        );
+        assert!(data_dir_mount(&[run(json!(null))]).contains("not reported"));
+    }
 
     #[test]
     fn sections_are_replaced_and_the_text_around_them_kept() {

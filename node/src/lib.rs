@@ -69,7 +69,12 @@ impl Node {
             direct_io: config.storage.direct_io,
         };
         let store = Store::open(&config.data_dir, options)?;
-        tracing::info!(direct_io = store.direct_io(), "storage opened");
+        tracing::info!(
+            direct_io = store.direct_io(),
+            online_discard = store.online_discard(),
+            "storage opened"
+        );
+        troupe_storage::metrics::record_disk(store.online_discard());
         let settings = Settings {
             shards: config.shards,
             passivate_after: config.engine.passivate_after,

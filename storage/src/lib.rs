@@ -23,6 +23,7 @@
 mod batch;
 mod codec;
 mod commit;
+mod disk;
 mod error;
 mod journal;
 mod keys;

@@ -22,6 +22,15 @@ pub const COMPACTIONS_RUNNING: &str = "troupe_storage_compactions_running";
 /// Whether RocksDB holds writes back: 0 no, 1 slowed, 2 stopped.
 pub const WRITE_STALL: &str = "troupe_storage_write_stall";
 
+/// Whether the data dir's file system is mounted with online discard
+/// (`discard`), which delays fsyncs: 1 yes, 0 no.
+pub const ONLINE_DISCARD: &str = "troupe_storage_online_discard";
+
+/// Sets the [`ONLINE_DISCARD`] gauge (once, when the store opens).
+pub fn record_disk(online_discard: bool) {
+    metrics::gauge!(ONLINE_DISCARD).set(f64::from(u8::from(online_discard)));
+}
+
 /// Sets the gauges of RocksDB's background work.
 pub fn record_background_work(work: &BackgroundWork) {
     metrics::gauge!(LEVEL0_FILES).set(work.level0_files as f64);
@@ -66,6 +75,10 @@ pub fn describe() {
         "Bytes RocksDB's compactions still have to rewrite"
     );
     describe_gauge!(COMPACTIONS_RUNNING, "RocksDB compactions running");
+    describe_gauge!(
+        ONLINE_DISCARD,
+        "Whether the data dir's file system is mounted with `discard` (1), which delays fsyncs when RocksDB deletes files"
+    );
     describe_gauge!(
         WRITE_STALL,
         "Whether RocksDB holds writes back: 0 no, 1 slowed, 2 stopped"

@@ -2,6 +2,7 @@
 //! format), and the reads, each scoped to a shard or cluster-wide data.
 
 use crate::codec;
+use crate::disk;
 use crate::error::{Error, Result};
 use crate::keys::{self, Table};
 use crate::records::{
@@ -75,6 +76,8 @@ pub struct Store {
     shards: u32,
     /// Whether flushes and compactions use direct I/O.
     direct_io: bool,
+    /// Whether the data dir's file system trims freed space online.
+    online_discard: bool,
     /// Serialises deploys (check, then write).
     deploy_lock: Arc<Mutex<()>>,
 }
@@ -127,7 +130,7 @@ impl Store {
         // cache: copying them into it, allocating and reclaiming its pages,
         // took about a tenth of the node's CPU at 12,000 wf/s (see
         // `docs/storage.md`).
-        let direct_io = options.direct_io && supports_direct_io(dir);
+        let direct_io = options.direct_io && disk::supports_direct_io(dir);
         if direct_io {
             db_options.set_use_direct_io_for_flush_and_compaction(true);
             // Direct reads get no readahead from the kernel.
@@ -136,6 +139,13 @@ impl Store {
             tracing::warn!(
                 dir = %dir.display(),
                 "the data dir's file system refuses direct I/O; flushes and compactions go through the page cache"
+            );
+        }
+        let online_discard = disk::online_discard(dir);
+        if online_discard {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the data dir's file system is mounted with `discard`: it trims what RocksDB deletes inside its journal commits, which group commits' fsyncs wait for (latency spikes); mount it without `discard` and trim periodically (fstrim), see docs/operations.md"
             );
         }
         // Flushes and compactions write at most this fast. Unbounded, a
@@ -231,6 +241,7 @@ impl Store {
             cache,
             shards: options.shards,
             direct_io,
+            online_discard,
             deploy_lock: Arc::default(),
         };
         store.check_meta(options.shards)?;
@@ -250,6 +261,13 @@ impl Store {
     /// allowed by the data dir's file system.
     pub fn direct_io(&self) -> bool {
         self.direct_io
+    }
+
+    /// Whether the data dir's file system is mounted with online discard,
+    /// which delays fsyncs whenever RocksDB deletes files (see
+    /// `docs/operations.md`).
+    pub fn online_discard(&self) -> bool {
+        self.online_discard
     }
 
     /// What RocksDB holds in memory now (for the node's metrics).
@@ -883,27 +901,4 @@ fn add_i64(
         .into_iter()
         .fold(existing.map_or(0, read_i64), |sum, op| sum + read_i64(op));
     Some(sum.to_le_bytes().to_vec())
-}
-
-/// Whether files in `dir` can be opened for direct I/O (some file systems
-/// refuse it, and RocksDB would then fail its first flush). Creates `dir`
-/// if it is missing, as opening the database would.
-fn supports_direct_io(dir: &Path) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::fs::{Mode, OFlags};
-        if std::fs::create_dir_all(dir).is_err() {
-            return false;
-        }
-        let probe = dir.join("DIRECT_IO_PROBE");
-        let flags = OFlags::CREATE | OFlags::WRONLY | OFlags::DIRECT | OFlags::CLOEXEC;
-        let opened = rustix::fs::open(&probe, flags, Mode::from_raw_mode(0o600)).is_ok();
-        let _ = std::fs::remove_file(&probe);
-        opened
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = dir;
-        false
-    }
 }
