@@ -74,6 +74,11 @@ fn open_loop_and_waiting_instances_report_memory() {
     ]);
     assert_eq!(t["correctness"]["ok"], true, "{t:#}");
     assert!(t["memory_per_waiting_instance_bytes"].is_u64(), "{t:#}");
+    // The whole node over 2,000 waiting instances: tens of kilobytes each.
+    assert!(
+        t["node_rss_per_waiting_instance_bytes"].as_u64().unwrap() > 1024,
+        "{t:#}"
+    );
     assert!(t["restart_after_kill_s"].as_f64().unwrap() > 0.0, "{t:#}");
     assert!(
         t["list_rare_page_ms"]["median"].as_f64().unwrap() > 0.0,
