@@ -141,13 +141,6 @@ impl Store {
                 "the data dir's file system refuses direct I/O; flushes and compactions go through the page cache"
             );
         }
-        let online_discard = disk::online_discard(dir);
-        if online_discard {
-            tracing::warn!(
-                dir = %dir.display(),
-                "the data dir's file system is mounted with `discard`: it trims what RocksDB deletes inside its journal commits, which group commits' fsyncs wait for (latency spikes); mount it without `discard` and trim periodically (fstrim), see docs/operations.md"
-            );
-        }
         // Flushes and compactions write at most this fast. Unbounded, a
         // compaction burst saturated the disk, the WAL's fsync waited
         // behind it, and every transition of the node with it (open-loop
@@ -236,6 +229,14 @@ impl Store {
             ColumnFamilyDescriptor::new(name, cf)
         });
         let db = DB::open_cf_descriptors(&db_options, dir, cfs)?;
+        // Probed once the dir exists (opening creates it).
+        let online_discard = disk::online_discard(dir);
+        if online_discard {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the data dir's file system is mounted with `discard`: it trims what RocksDB deletes inside its journal commits, which group commits' fsyncs wait for (latency spikes); mount it without `discard` and trim periodically (fstrim), see docs/operations.md"
+            );
+        }
         let store = Self {
             db: Arc::new(db),
             cache,
