@@ -64,6 +64,9 @@ pub struct WorkflowState {
     charge: Charge,
     /// A commit failed after the state changed in memory.
     diverged: bool,
+    /// The log refused a commit: the shard reloads the instance, and this
+    /// actor hands every command still queued back to the shard.
+    refused: bool,
 }
 
 impl Actor for WorkflowActor {
@@ -86,6 +89,7 @@ impl Actor for WorkflowActor {
             last_active: Instant::now(),
             charge,
             diverged: false,
+            refused: false,
         })
     }
 
@@ -119,6 +123,18 @@ impl Actor for WorkflowActor {
         state: &mut WorkflowState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            WorkflowMsg::Command(command, reply) if state.refused => {
+                let id = state.args.id.clone();
+                let deliver = ShardMsg::Deliver { id, command, reply };
+                if let Err(ractor::MessagingErr::SendErr(ShardMsg::Deliver {
+                    id,
+                    reply: Some(reply),
+                    ..
+                })) = state.args.shard_actor.cast(deliver)
+                {
+                    let _ = reply.send(Err(crate::shard::moved(&id)));
+                }
+            }
             WorkflowMsg::Command(command, reply) => {
                 let result = execute(state, command).await;
                 let storage_failed =
@@ -130,9 +146,15 @@ impl Actor for WorkflowActor {
                     // The log refused the commit (the shard's leadership
                     // moved, or no quorum answered): nothing is wrong with
                     // the instance, so it is not restarted as a failure
-                    // (which would back off, then quarantine it). It stops,
-                    // and the next command loads it from what is durable.
-                    myself.stop(Some("commit refused by the shard's log".into()));
+                    // (which would back off, then quarantine it). The shard
+                    // reloads it from what is durable, redoing its timers
+                    // and outbox: the refused event may have been a timer
+                    // firing or a task's result that nothing sends again.
+                    state.refused = true;
+                    let _ = state.args.shard_actor.cast(ShardMsg::Reload {
+                        id: state.args.id.clone(),
+                        actor: myself.get_id(),
+                    });
                     return Ok(());
                 }
                 if storage_failed {

@@ -33,6 +33,15 @@ pub enum ShardMsg {
         /// The asking actor.
         actor: ActorId,
     },
+    /// The log refused a commit of this instance's actor: take it out of
+    /// service (the commands it still holds come back as deliveries) and
+    /// reload the instance from what is durable after a backoff.
+    Reload {
+        /// Instance id.
+        id: String,
+        /// The refused actor.
+        actor: ActorId,
+    },
     /// Restart a crashed instance after its backoff.
     Respawn {
         /// Instance id.
@@ -72,6 +81,8 @@ pub struct ShardState {
     parked: HashMap<String, Vec<(Command, Option<ReplyTo>)>>,
     restarts: HashMap<String, Vec<Instant>>,
     quarantined: HashSet<String>,
+    /// Reloads after refused commits: how many in a row, and the last.
+    reloads: HashMap<String, (u32, Instant)>,
     /// Set once the shard is deactivated: nothing new is spawned.
     stopping: bool,
 }
@@ -93,6 +104,7 @@ impl Actor for ShardActor {
             parked: HashMap::new(),
             restarts: HashMap::new(),
             quarantined: HashSet::new(),
+            reloads: HashMap::new(),
             stopping: false,
         })
     }
@@ -135,6 +147,7 @@ impl Actor for ShardActor {
                     let _ = actor.cast(WorkflowMsg::Shed);
                 }
             }
+            ShardMsg::Reload { id, actor } => reload(&myself, state, id, actor),
             ShardMsg::Respawn { .. } if state.stopping => {}
             ShardMsg::Respawn { id } => {
                 let parked = state.parked.remove(&id).unwrap_or_default();
@@ -219,7 +232,41 @@ impl ShardState {
     }
 }
 
-fn moved(id: &str) -> Error {
+/// Takes a refused actor out of service and schedules its reload: a
+/// `Recover` that loads the instance afresh once the old actor has stopped
+/// and redoes its outbox and timers. Refused again and again (a quorum lost
+/// for long), the reloads back off, up to one every 6.4 s.
+fn reload(myself: &ActorRef<ShardMsg>, state: &mut ShardState, id: String, actor: ActorId) {
+    if state.live.is_live(&id, &actor) {
+        let actor = state.live.remove(&id).expect("checked");
+        state.parked.entry(id.clone()).or_default();
+        let _ = actor.drain();
+    }
+    if state.stopping {
+        return;
+    }
+    let window = state.services.settings.restart_window;
+    state.reloads.retain(|_, (_, last)| last.elapsed() < window);
+    let (count, last) = state
+        .reloads
+        .entry(id.clone())
+        .or_insert((0, Instant::now()));
+    *count += 1;
+    *last = Instant::now();
+    let backoff = Duration::from_millis(100 << (*count - 1).min(6));
+    tracing::debug!(shard_id = state.shard, workflow_id = %id, ?backoff, "commit refused; reloading the instance");
+    let me = myself.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(backoff).await;
+        let _ = me.cast(ShardMsg::Deliver {
+            id,
+            command: Command::Recover,
+            reply: None,
+        });
+    });
+}
+
+pub(crate) fn moved(id: &str) -> Error {
     Error::new(
         ErrorCode::Unavailable,
         format!("shard of {id} is no longer active on this node; retry"),
@@ -343,6 +390,7 @@ mod tests {
             parked: HashMap::new(),
             restarts: HashMap::new(),
             quarantined: HashSet::new(),
+            reloads: HashMap::new(),
             stopping: false,
         };
         let before = services.live.load(Ordering::Relaxed);
