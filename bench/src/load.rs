@@ -51,6 +51,9 @@ pub struct NodeSample {
     pub data: u64,
     /// CPU time used so far, seconds.
     pub cpu_s: f64,
+    /// CPU time the machine's hypervisor has taken from it so far (steal,
+    /// all cores), seconds; 0 where the kernel does not say.
+    pub steal_s: f64,
 }
 
 /// Samples the node, when the harness started it.
@@ -317,6 +320,24 @@ pub fn window_cpu_per_workflow(cpu: &[f64], completed: &[u64], secs: usize) -> V
         .collect()
 }
 
+/// The share of the machine's CPU time, in percent, that its hypervisor
+/// took (steal) in each window of `secs` seconds, from steal time sampled
+/// at the end of each second on a machine of `cores` cores.
+pub fn window_steal_percent(steal: &[f64], secs: usize, cores: usize) -> Vec<f64> {
+    let secs = secs.max(1);
+    (0..steal.len() / secs)
+        .map_while(|w| {
+            let (from, to) = (w * secs, ((w + 1) * secs).min(steal.len()).checked_sub(1)?);
+            let elapsed = (to - from) as f64 * cores.max(1) as f64;
+            Some(if elapsed > 0.0 {
+                ((steal[to] - steal[from]) / elapsed * 1000.0).round() / 10.0
+            } else {
+                0.0
+            })
+        })
+        .collect()
+}
+
 /// Prints a progress line every second, and samples the node's memory and
 /// data dir once per measured second.
 async fn report_progress(
@@ -352,7 +373,18 @@ async fn report_progress(
 
 #[cfg(test)]
 mod tests {
-    use super::{histogram, window_cpu_per_workflow, window_p99s, window_rates};
+    use super::{
+        histogram, window_cpu_per_workflow, window_p99s, window_rates, window_steal_percent,
+    };
+
+    #[test]
+    fn steal_is_a_share_of_the_whole_machine_per_window() {
+        // Two cores; 0.1 s stolen per second, then 0.4 s. Like the CPU per
+        // workflow, a window runs from the end of its first second.
+        let steal = [0.1, 0.2, 0.3, 0.7, 1.1, 1.5];
+        assert_eq!(window_steal_percent(&steal, 3, 2), [5.0, 20.0]);
+        assert!(window_steal_percent(&steal, 10, 2).is_empty());
+    }
 
     #[test]
     fn cpu_per_workflow_is_taken_window_by_window() {

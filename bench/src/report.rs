@@ -104,6 +104,9 @@ pub fn result(
             .map(|ms| (ms * 1000.0).round() / 1000.0)
             .collect();
     let data_windows = mb_at_window_starts(samples, |s| s.data);
+    let steal: Vec<f64> = samples.iter().map(|s| s.steal_s).collect();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let steal_windows = crate::load::window_steal_percent(&steal, WINDOW_SECS, cores);
     // p99 per window (by scheduled second), to tell a steady queue from
     // a few stalls.
     let p99_windows: Vec<f64> = crate::load::window_p99s(&tally.latency_per_second, WINDOW_SECS)
@@ -129,6 +132,7 @@ pub fn result(
             "node_rss_mb": rss_windows,
             "node_data_mb": data_windows,
             "node_cpu_ms_per_workflow": cpu_windows,
+            "machine_steal_percent": steal_windows,
             "p99_ms": p99_windows,
         },
         "p99_per_second_ms": tally.latency_per_second.iter().map(|h| ms(h.value_at_quantile(0.99))).collect::<Vec<_>>(),
@@ -575,23 +579,25 @@ pub async fn soak(
     }
     std::fs::write(json_path, serde_json::to_string_pretty(&r)?)?;
     let column = |name: &str| r["windows"][name].as_array().cloned().unwrap_or_default();
-    let (rates, p99s, rss, data, cpu) = (
+    let (rates, p99s, rss, data, cpu, steal) = (
         column("workflows_per_s"),
         column("p99_ms"),
         column("node_rss_mb"),
         column("node_data_mb"),
         column("node_cpu_ms_per_workflow"),
+        column("machine_steal_percent"),
     );
     let cell = |values: &[Value], i: usize| values.get(i).map_or("–".to_owned(), Value::to_string);
     let rows: Vec<String> = (0..rates.len())
         .map(|i| {
             format!(
-                "| {}–{} s | {} | {} | {} | {} | {} |",
+                "| {}–{} s | {} | {} | {} | {} | {} | {} |",
                 i * WINDOW_SECS,
                 (i + 1) * WINDOW_SECS,
                 cell(&rates, i),
                 cell(&p99s, i),
                 cell(&cpu, i),
+                cell(&steal, i),
                 cell(&rss, i),
                 cell(&data, i),
             )
@@ -600,7 +606,7 @@ pub async fn soak(
     let generated = format!(
         "Produced by `make soak` (`{command}`) on {date}: {load}, `noop`, {mins:.0} min measured after a {warmup}-s warm-up ({why}), one node with {settings} and `sync = true`, data dir on the local disk ({mount}); machine: {machine}.\n\n\
          Mean {mean} wf/s; slowest 10-s window {slowest} wf/s ({ratio:.0}% of the fastest); p99 {p99} ms (worst window's p99 {worst_p99} ms); {errors} errors; exactly once: {ok}; peak RSS {peak} MB; data dir {data_end} MB at the start of the last window.\n\n\
-         | window | wf/s | p99 ms | node CPU ms per workflow | node RSS at its start, MB | data dir at its start, MB |\n|---|---|---|---|---|---|\n{rows}\n\n\
+         | window | wf/s | p99 ms | node CPU ms per workflow | machine CPU taken by its host (steal), % | node RSS at its start, MB | data dir at its start, MB |\n|---|---|---|---|---|---|---|\n{rows}\n\n\
          Raw result: `{json}`.",
         command = load.command(retention),
         settings = soak_settings(retention),

@@ -98,7 +98,13 @@ impl Target {
             let (rss, _) = rss_of(pid?)?;
             let data = dir.as_deref().map_or(0, bytes_under);
             let cpu_s = cpu_seconds_of(pid?)?;
-            Some(crate::load::NodeSample { rss, data, cpu_s })
+            let steal_s = machine_steal_seconds().unwrap_or(0.0);
+            Some(crate::load::NodeSample {
+                rss,
+                data,
+                cpu_s,
+                steal_s,
+            })
         })
     }
 
@@ -147,6 +153,15 @@ fn cpu_seconds_of(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// CPU seconds the hypervisor has taken from this machine so far, all
+/// cores together (the `steal` column of `/proc/stat`'s `cpu` line).
+fn machine_steal_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: f64 = cpu.split_whitespace().nth(7)?.parse().ok()?;
     Some(ticks / 100.0)
 }
 
