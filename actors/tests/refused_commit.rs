@@ -3,15 +3,17 @@
 //! so a refused timer firing fires again, and commands queued behind the
 //! refused one are carried out by the reloaded actor, not dropped.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use troupe_actors::{Appending, Applied, Command, Runtime, Settings, ShardLog, TaskHandlers};
+use troupe_actors::{Appending, Applied, Command, Runtime, ShardLog, TaskHandlers};
 use troupe_engine::definition::load;
 use troupe_engine::engine::{EventKind, InstanceStatus};
 use troupe_protocol::ErrorCode;
-use troupe_storage::{Committer, DefinitionRecord, ShardBatch, Store, StoreOptions};
+use troupe_storage::{Committer, DefinitionRecord, ShardBatch};
 
 /// The local group commit, refusing the appends whose numbers (from 1) the
 /// test lists, after `delay`, as a cluster log refuses a lost lead.
@@ -44,35 +46,14 @@ struct World {
 }
 
 async fn world(name: &str, refuse: &[usize], delay: Duration) -> World {
-    let dir = std::env::temp_dir().join(format!("troupe-refused-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let options = StoreOptions {
-        shards: 1,
-        write_buffer_bytes: 8 << 20,
-        block_cache_bytes: 8 << 20,
-        background_write_bytes_per_sec: 0,
-        direct_io: true,
-    };
-    let store = Store::open(&dir, options).unwrap();
+    let (store, dir) = common::open_store(&format!("refused-{name}"));
     let log = Arc::new(RefusingLog {
         committer: Committer::start(store.clone(), false, 64),
         refuse: Mutex::new(refuse.iter().copied().collect()),
         delay,
         appends: AtomicUsize::new(0),
     });
-    let settings = Settings {
-        shards: 1,
-        passivate_after: Duration::from_secs(60),
-        timer_window: Duration::from_secs(60),
-        restart_budget: 5,
-        restart_window: Duration::from_secs(60),
-        max_pending_per_shard: 100,
-        max_starts_in_flight: 16,
-        memory_budget_bytes: 64 << 20,
-        max_queued_tasks: 100,
-        history_retention: None,
-        retention: None,
-    };
+    let settings = common::settings(16);
     let runtime = Runtime::start(store, log, settings, TaskHandlers::default())
         .await
         .unwrap();

@@ -3,14 +3,16 @@
 //! within the admission wait is refused as `overloaded`, leaving nothing
 //! behind. The log is held shut (commits wait) to make starts stay inside.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use troupe_actors::{Appending, Applied, Command, Runtime, Settings, ShardLog, TaskHandlers};
+use troupe_actors::{Appending, Applied, Command, Runtime, ShardLog, TaskHandlers};
 use troupe_engine::definition::{Definition, load};
 use troupe_protocol::ErrorCode;
-use troupe_storage::{Committer, ShardBatch, Store, StoreOptions};
+use troupe_storage::{Committer, ShardBatch};
 
 /// The local group commit, behind a door the test opens.
 struct HeldLog {
@@ -43,34 +45,13 @@ struct World {
 }
 
 async fn world(name: &str, max_starts_in_flight: usize) -> World {
-    let dir = std::env::temp_dir().join(format!("troupe-gate-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let options = StoreOptions {
-        shards: 1,
-        write_buffer_bytes: 8 << 20,
-        block_cache_bytes: 8 << 20,
-        background_write_bytes_per_sec: 0,
-        direct_io: true,
-    };
-    let store = Store::open(&dir, options).unwrap();
+    let (store, dir) = common::open_store(&format!("gate-{name}"));
     let log = Arc::new(HeldLog {
         committer: Committer::start(store.clone(), false, 64),
         door: Semaphore::new(0),
         appends: AtomicUsize::new(0),
     });
-    let settings = Settings {
-        shards: 1,
-        passivate_after: Duration::from_secs(60),
-        timer_window: Duration::from_secs(60),
-        restart_budget: 5,
-        restart_window: Duration::from_secs(60),
-        max_pending_per_shard: 100,
-        max_starts_in_flight,
-        memory_budget_bytes: 64 << 20,
-        max_queued_tasks: 100,
-        history_retention: None,
-        retention: None,
-    };
+    let settings = common::settings(max_starts_in_flight);
     let runtime = Runtime::start(store, log.clone(), settings, TaskHandlers::default())
         .await
         .unwrap();
