@@ -35,7 +35,7 @@ mod waiters;
 pub use command::{Applied, Command, ReplyTo, WireCommand};
 pub use definitions::DefinitionCache;
 pub use error::{Error, Result};
-pub use log::{Appending, ShardLog};
+pub use log::{Appending, Settling, ShardLog};
 pub use router::{Remote, RemoteReply, Router};
 pub use runtime::Runtime;
 pub use services::{Services, Settings};

@@ -234,7 +234,7 @@ impl ShardState {
 
 /// Takes a refused actor out of service and schedules its reload: a
 /// `Recover` that loads the instance afresh once the old actor has stopped
-/// and redoes its outbox and timers. Refused again and again (a quorum lost
+/// and the shard's log has settled, and redoes its outbox and timers. Refused again and again (a quorum lost
 /// for long), the reloads back off, up to one every 6.4 s.
 fn reload(myself: &ActorRef<ShardMsg>, state: &mut ShardState, id: String, actor: ActorId) {
     if state.live.is_live(&id, &actor) {
@@ -255,9 +255,10 @@ fn reload(myself: &ActorRef<ShardMsg>, state: &mut ShardState, id: String, actor
     *last = Instant::now();
     let backoff = Duration::from_millis(100 << (*count - 1).min(6));
     tracing::debug!(shard_id = state.shard, workflow_id = %id, ?backoff, "commit refused; reloading the instance");
-    let me = myself.clone();
+    let (me, log, shard) = (myself.clone(), state.services.log.clone(), state.shard);
     tokio::spawn(async move {
         tokio::time::sleep(backoff).await;
+        log.settle(shard).await;
         let _ = me.cast(ShardMsg::Deliver {
             id,
             command: Command::Recover,

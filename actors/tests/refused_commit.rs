@@ -1,7 +1,9 @@
 //! A commit the shard's log refuses (leadership moved, no quorum) while the
 //! shard stays active here: the instance is reloaded from what is durable,
 //! so a refused timer firing fires again, and commands queued behind the
-//! refused one are carried out by the reloaded actor, not dropped.
+//! refused one are carried out by the reloaded actor, not dropped. The
+//! reload waits for the log to settle (a replicated log may still apply
+//! what it answered as timed out).
 
 mod common;
 
@@ -9,19 +11,22 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use troupe_actors::{Appending, Applied, Command, Runtime, ShardLog, TaskHandlers};
+use tokio::sync::Semaphore;
+use troupe_actors::{Appending, Applied, Command, Runtime, Settling, ShardLog, TaskHandlers};
 use troupe_engine::definition::load;
 use troupe_engine::engine::{EventKind, InstanceStatus};
 use troupe_protocol::ErrorCode;
 use troupe_storage::{Committer, DefinitionRecord, ShardBatch};
 
 /// The local group commit, refusing the appends whose numbers (from 1) the
-/// test lists, after `delay`, as a cluster log refuses a lost lead.
+/// test lists, after `delay`, as a cluster log refuses a lost lead; it
+/// settles only while its door is open.
 struct RefusingLog {
     committer: Committer,
     refuse: Mutex<HashSet<usize>>,
     delay: Duration,
     appends: AtomicUsize,
+    settled: Semaphore,
 }
 
 impl ShardLog for RefusingLog {
@@ -38,10 +43,17 @@ impl ShardLog for RefusingLog {
             Ok(self.committer.append(batch).await?)
         })
     }
+
+    fn settle(&self, _shard: u32) -> Settling<'_> {
+        Box::pin(async move {
+            let _pass = self.settled.acquire().await.expect("never closed");
+        })
+    }
 }
 
 struct World {
     runtime: Runtime,
+    log: Arc<RefusingLog>,
     dir: std::path::PathBuf,
 }
 
@@ -52,12 +64,13 @@ async fn world(name: &str, refuse: &[usize], delay: Duration) -> World {
         refuse: Mutex::new(refuse.iter().copied().collect()),
         delay,
         appends: AtomicUsize::new(0),
+        settled: Semaphore::new(1),
     });
     let settings = common::settings(16);
-    let runtime = Runtime::start(store, log, settings, TaskHandlers::default())
+    let runtime = Runtime::start(store, log.clone(), settings, TaskHandlers::default())
         .await
         .unwrap();
-    World { runtime, dir }
+    World { runtime, log, dir }
 }
 
 impl World {
@@ -121,6 +134,20 @@ async fn a_refused_timer_firing_fires_again_and_the_workflow_completes() {
     let world = world("timer", &[2], Duration::ZERO).await;
     let flow = "name: flow\nversion: 1\nsteps:\n  - { id: a, task: noop }\n  - { id: nap, wait: 100ms }\n  - { id: b, task: noop }\n";
     world.start("w", flow).await;
+    world.wait_for("w", InstanceStatus::Completed).await;
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_waits_until_the_log_has_settled() {
+    let world = world("settle", &[2], Duration::ZERO).await;
+    let held = world.log.settled.acquire().await.unwrap();
+    let flow = "name: flow\nversion: 1\nsteps:\n  - { id: nap, wait: 50ms }\n";
+    world.start("w", flow).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(world.log.appends.load(Ordering::SeqCst), 2, "no reload yet");
+    assert_eq!(world.status("w"), InstanceStatus::Waiting);
+    drop(held);
     world.wait_for("w", InstanceStatus::Completed).await;
     world.stop().await;
 }

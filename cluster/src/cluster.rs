@@ -435,6 +435,21 @@ impl Cluster {
         tokio::time::timeout(timeout, reached).await.is_ok()
     }
 
+    /// Waits until `group` has applied here every entry in this node's
+    /// log of it (an entry a timed-out proposal left may still commit);
+    /// false after [`PROPOSE_TIMEOUT`] (entries of a lost term that will
+    /// never commit, or no quorum).
+    pub async fn settle(&self, group: GroupId) -> bool {
+        let Some(g) = self.group(group) else {
+            return false;
+        };
+        let last = g.raft.metrics().borrow_watched().last_log_index;
+        match last {
+            Some(index) => self.wait_applied(group, index, PROPOSE_TIMEOUT).await,
+            None => true,
+        }
+    }
+
     /// Commits `batch` to its group as the group's current leader,
     /// returning the entry's index once a quorum holds it and it is
     /// applied here. Batches proposed while earlier ones are in flight

@@ -9,7 +9,8 @@ use serde_json::{Value as Json, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use troupe_actors::{
-    Appending, Applied, Command, Error, Remote, RemoteReply, Runtime, ShardLog, WireCommand,
+    Appending, Applied, Command, Error, Remote, RemoteReply, Runtime, Settling, ShardLog,
+    WireCommand,
 };
 use troupe_client::{Client, RetryPolicy};
 use troupe_cluster::{
@@ -180,6 +181,14 @@ impl ShardLog for ReplicatedLog {
                         Error::new(ErrorCode::Unavailable, e.to_string())
                     }
                 })
+        })
+    }
+
+    fn settle(&self, shard: u32) -> Settling<'_> {
+        Box::pin(async move {
+            if !self.0.settle(shard).await {
+                tracing::debug!(shard_id = shard, "the shard's log did not settle in time");
+            }
         })
     }
 }
